@@ -1,0 +1,40 @@
+# carla-safe: `make run` and `make test` install what they need on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+# pytest workers: both cores by default; `make test PYTEST_WORKERS=0` runs serially.
+PYTEST_WORKERS ?= 2
+
+.PHONY: install run test bench lint maps clean
+
+install: $(STAMP)
+
+# Re-installs only when the project's dependency list changes (idempotent).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first, from the versions this machine serves locally (a CPU-capable build).
+	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PIP) install --quiet -e ".[all,dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m carla_safe_envs.expert --all-tasks --episodes 3 --seed 0 --video-dir runs
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
+
+bench: $(STAMP)
+	$(PY) -m benchmarks speed
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+# Recompile the shipped lane geometry from the OpenDRIVE files (needs the `carla` wheel).
+maps: $(STAMP)
+	$(PY) -m carla_safe_envs.maps.compile
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
