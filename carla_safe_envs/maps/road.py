@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,12 +57,19 @@ class RoadMap:
         )
         xy = self.pts[:, :2].astype(np.float64)
         self.bounds = (xy.min(0) - 20.0, xy.max(0) + 20.0)  # (xmin, ymin), (xmax, ymax) [m]
+        # Spatial index: points bucketed in _GRID cells, cells in CSR order (x-major).
         self._origin = self.bounds[0]
+        self._nx, self._ny = (np.ceil((self.bounds[1] - self._origin) / _GRID).astype(int) + 1).tolist()
         cells = np.floor((xy - self._origin) / _GRID).astype(np.int64)
-        self._ny = int(cells[:, 1].max()) + 3
         cid = cells[:, 0] * self._ny + cells[:, 1]
         self._order = np.argsort(cid, kind="stable")
-        self._sorted_cid = cid[self._order]
+        self._cell_start = np.searchsorted(cid[self._order], np.arange(self._nx * self._ny + 1))
+        # Global arc coordinate: lane i occupies [lane_base[i], lane_base[i] + length_i], so one
+        # searchsorted locates (lane, s) pairs of many vehicles at once (see `poses_at`).
+        self.lane_base = np.concatenate([[0.0], np.cumsum(self.lane_length + 10.0)[:-1]])
+        self._g = self.s.astype(np.float64) + self.lane_base[self.point_lane]
+        seg = np.diff(self.pts[:, :2].astype(np.float64), axis=0)
+        self._seg_yaw = np.append(np.arctan2(seg[:, 1], seg[:, 0]), 0.0)
 
     # ----------------------------------------------------------------- pickling
     def __reduce__(self):
@@ -79,29 +87,54 @@ class RoadMap:
 
     def point_at(self, lane: int, s: float) -> tuple[np.ndarray, float]:
         """Interpolated centre point ``(x, y, z)`` and yaw at arc length ``s`` of ``lane``."""
-        sl = self.lane_slice(lane)
-        ss = self.s[sl]
-        s = float(np.clip(s, 0.0, ss[-1]))
-        i = int(np.clip(np.searchsorted(ss, s, side="right") - 1, 0, len(ss) - 2))
-        t = (s - ss[i]) / max(float(ss[i + 1] - ss[i]), 1e-6)
-        p = self.pts[sl]
-        xyz = p[i] * (1 - t) + p[i + 1] * t
-        d = p[i + 1, :2] - p[i, :2]
-        return xyz.astype(np.float64), float(np.arctan2(d[1], d[0]))
+        xyz, yaw = self.poses_at(np.array([lane]), np.array([s], dtype=np.float64))
+        return xyz[0], float(yaw[0])
 
     # ------------------------------------------------------------ spatial queries
     def candidates(self, x: float, y: float, radius: float) -> np.ndarray:
         """Global indices of centre-line points in the grid cells within ``radius`` of (x, y)."""
         r = int(np.ceil(radius / _GRID))
-        cx, cy = np.floor((np.array([x, y]) - self._origin) / _GRID).astype(np.int64)
-        out = []
-        for ix in range(cx - r, cx + r + 1):
-            lo = ix * self._ny + cy - r
-            a = np.searchsorted(self._sorted_cid, lo, side="left")
-            b = np.searchsorted(self._sorted_cid, lo + 2 * r, side="right")
-            if b > a:
-                out.append(self._order[a:b])
+        cx = int((x - self._origin[0]) // _GRID)
+        cy = int((y - self._origin[1]) // _GRID)
+        y0, y1 = max(cy - r, 0), min(cy + r, self._ny - 1)
+        if y1 < y0:
+            return np.empty(0, dtype=np.int64)
+        cs = self._cell_start
+        out = [
+            self._order[cs[ix * self._ny + y0] : cs[ix * self._ny + y1 + 1]]
+            for ix in range(max(cx - r, 0), min(cx + r, self._nx - 1) + 1)
+        ]
         return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
+    def poses_at(self, lanes: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Centre-line points ``(K, 3)`` and segment yaws ``(K,)`` at arc lengths ``s`` of ``lanes``.
+
+        Vectorized over many (lane, s) pairs; ``s`` is clipped to the lane.
+        """
+        lanes = np.asarray(lanes, dtype=np.int64)
+        q = self.lane_base[lanes] + np.clip(s, 0.0, self.lane_length[lanes])
+        i = np.searchsorted(self._g, q, side="right") - 1
+        i = np.clip(i, self.lane_start[lanes], self.lane_start[lanes + 1] - 2)
+        g0, g1 = self._g[i], self._g[i + 1]
+        t = ((q - g0) / np.maximum(g1 - g0, 1e-6))[:, None]
+        xyz = self.pts[i] * (1.0 - t) + self.pts[i + 1] * t
+        return xyz.astype(np.float64), self._seg_yaw[i]
+
+    def on_road(self, x: float, y: float, z: float | None = None) -> bool:
+        """Whether (x, y) lies on a driving lane (at height ``z`` +- 4 m when given).
+
+        Point-wise test against the centre-line samples (1 m apart): inside when within
+        sqrt((width / 2)^2 + 0.5^2) of one, i.e. half a sample spacing of slack along the lane.
+        """
+        idx = self.candidates(x, y, 3.0)
+        if len(idx) == 0:
+            return False
+        p = self.pts[idx]
+        d2 = (p[:, 0] - x) ** 2 + (p[:, 1] - y) ** 2
+        inside = d2 <= (0.5 * self.width[idx]) ** 2 + 0.25
+        if z is not None:
+            inside &= np.abs(p[:, 2] - z) < 4.0
+        return bool(inside.any())
 
     def locate(
         self,
@@ -139,28 +172,28 @@ class RoadMap:
         return self._project(j, x, y, yaw)
 
     def _project(self, j: int, x: float, y: float, yaw: float | None) -> LanePoint:
-        """Project (x, y) on the centre-line segment around global point ``j``."""
+        """Project (x, y) on the centre-line segments around global point ``j``."""
         lane = int(self.point_lane[j])
         a, b = int(self.lane_start[lane]), int(self.lane_start[lane + 1])
         best = None
         for i0 in (j - 1, j):
             if i0 < a or i0 + 1 >= b:
                 continue
-            p0, p1 = self.pts[i0, :2].astype(np.float64), self.pts[i0 + 1, :2].astype(np.float64)
-            d = p1 - p0
-            seg = float(np.hypot(*d)) or 1e-6
-            t = float(np.clip(((x - p0[0]) * d[0] + (y - p0[1]) * d[1]) / (seg * seg), 0.0, 1.0))
-            q = p0 + t * d
-            dist = float(np.hypot(x - q[0], y - q[1]))
+            x0, y0, x1, y1 = (float(v) for v in self.pts[i0 : i0 + 2, :2].ravel())
+            dx, dy = x1 - x0, y1 - y0
+            seg2 = max(dx * dx + dy * dy, 1e-12)
+            t = min(max(((x - x0) * dx + (y - y0) * dy) / seg2, 0.0), 1.0)
+            qx, qy = x0 + t * dx, y0 + t * dy
+            dist = math.hypot(x - qx, y - qy)
             if best is None or dist < best[0]:
-                lateral = ((x - q[0]) * -d[1] + (y - q[1]) * d[0]) / seg
-                best = (dist, i0, t, lateral, float(np.arctan2(d[1], d[0])))
+                lateral = ((x - qx) * -dy + (y - qy) * dx) / math.sqrt(seg2)
+                best = (dist, i0, t, lateral, math.atan2(dy, dx))
         if best is None:  # single-point lane (not produced by the compiler)
             return LanePoint(lane, j, float(self.s[j]), 0.0, 0.0, 0.0)
         dist, i0, t, lateral, seg_yaw = best
-        s = float(self.s[i0] + t * (self.s[i0 + 1] - self.s[i0]))
-        herr = float(wrap_angle(yaw - seg_yaw)) if yaw is not None else 0.0
-        return LanePoint(lane, j, s, float(lateral), dist, herr)
+        s = float(self.s[i0]) + t * float(self.s[i0 + 1] - self.s[i0])
+        herr = math.remainder(yaw - seg_yaw, math.tau) if yaw is not None else 0.0
+        return LanePoint(lane, j, s, lateral, dist, herr)
 
     # ------------------------------------------------------------------ graph
     def shortest_path(self, start: int, goal: int, *, lane_change_cost: float | None = None) -> list[int]:

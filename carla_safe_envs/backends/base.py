@@ -1,0 +1,104 @@
+"""The seam between the environment and a simulator backend.
+
+A backend advances the world by one 0.1 s step and reports a :class:`WorldSnapshot`: poses,
+sizes and velocities of the ego and every other vehicle, and whether the ego collided.  All
+task logic (routes, reward, cost, termination), the BEV renderer and the metrics read only the
+snapshot and the shared :class:`~carla_safe_envs.maps.RoadMap`, so the embedded simulator and
+the real CARLA server share one code path above this line.  Backends never import each other
+and tasks never import a backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+# Columns of WorldSnapshot.ego / .others; world frame (CARLA: x east, y south, left-handed).
+X, Y, Z, YAW, VX, VY, LENGTH, WIDTH = range(8)  # [m, m, m, rad, m/s, m/s, m, m]
+STATE_DIM = 8
+
+DT = 0.1  # one environment step [s]
+
+EGO_LENGTH = 4.79  # [m] CARLA vehicle.tesla.model3 bounding box
+EGO_WIDTH = 2.16  # [m]
+
+
+@dataclass(frozen=True)
+class Control:
+    """Vehicle control as CARLA applies it."""
+
+    throttle: float  # [0, 1]
+    brake: float  # [0, 1]
+    steer: float  # [-1, 1], + turns right (clockwise yaw in CARLA's frame)
+
+
+@dataclass(frozen=True)
+class Pose:
+    x: float  # [m]
+    y: float  # [m]
+    yaw: float  # [rad]
+    z: float = 0.0  # [m]
+    speed: float = 0.0  # initial forward speed [m/s]
+
+
+@dataclass(frozen=True)
+class TrafficSpec:
+    """Background traffic a task asks for; each backend realizes it its own way.
+
+    kind:
+      ``"none"``      no other vehicles.
+      ``"autopilot"`` ``count`` vehicles that follow lanes with car-following and lane
+                      changes, spawned on ``lanes`` (lane indices of the RoadMap) within
+                      ``radius`` metres of the ego start, and kept around the ego.
+      ``"flow"``      a stream of vehicles entering at ``spawn`` and following ``lanes``
+                      (the flow's lane path), with bumper-to-bumper gaps drawn uniformly
+                      from ``gap`` [m]; ``gap=None`` spawns nothing (difficulty "simple").
+    """
+
+    kind: str = "none"
+    count: int = 0
+    lanes: tuple[int, ...] = ()
+    radius: float = 150.0  # [m]
+    lane_changes: bool = True
+    spawn: Pose | None = None
+    gap: tuple[float, float] | None = None  # [m]
+    speed: float = 6.0  # desired speed of the traffic [m/s]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Everything a backend needs to set up one episode."""
+
+    town: str
+    ego: Pose
+    traffic: TrafficSpec = field(default_factory=TrafficSpec)
+    ego_lanes: tuple[int, ...] = ()  # the ego's planned lane path (traffic yields around it)
+
+
+@dataclass
+class WorldSnapshot:
+    """The world after a step, in the columns X..WIDTH above."""
+
+    time: float  # simulated time since reset [s]
+    ego: np.ndarray  # (8,) float64
+    others: np.ndarray  # (K, 8) float64
+    collision: bool = False  # the ego collided during the last step
+    collision_speed: float = 0.0  # ego speed at the collision [m/s]
+
+    @property
+    def ego_speed(self) -> float:
+        return float(np.hypot(self.ego[VX], self.ego[VY]))
+
+
+class Backend(Protocol):
+    """What the environment needs from a simulator."""
+
+    name: str
+
+    def reset(self, scenario: Scenario, rng: np.random.Generator) -> WorldSnapshot: ...
+
+    def step(self, control: Control) -> WorldSnapshot: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,277 @@
+"""The expert driver: privileged route following, car following and yielding.
+
+It reads the simulator state (``env.unwrapped.snapshot``, ``.route``), never the image:
+
+* **Route following**: pure pursuit on the planned route with a speed-dependent look-ahead.
+* **Car following**: IDM towards the 4 m/s reward speed behind the nearest vehicle on the
+  route corridor ahead.
+* **Yielding**: every step it rolls two plans forward 4 s — GO (accelerate along the route) and
+  STOP (brake to a standstill) — against the other vehicles at constant velocity, with a safety
+  margin around the ego's box, and takes GO when it is conflict-free, else STOP when that is,
+  else the plan whose first conflict comes later.  This waits for gaps at junctions and keeps
+  clear of cut-ins without any task-specific rule.
+* **Discrete actions**: the acceleration snaps to {-2, 0, 2}; the steering is quantized to the
+  task's five values with error feedback, so the average steering equals the desired one.
+* **Noise** (for data diversity): with probability ``noise`` per step a burst of 3-10 steps of
+  one random action starts.  ``noise=0`` is the clean expert.
+
+Command line (prints the metrics of DESIGN section 4)::
+
+    python -m carla_safe_envs.expert --task CarlaLeftTurn-v0 --episodes 10 --seed 0 [--json]
+    python -m carla_safe_envs.expert --all-tasks --episodes 3 --video-dir runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from carla_safe_envs.backends.base import EGO_LENGTH, LENGTH, VX, VY, WIDTH, YAW, X, Y
+from carla_safe_envs.geometry import boxes_overlap
+from carla_safe_envs.metrics import EpisodeRecorder, aggregate, format_table
+from carla_safe_envs.sim.traffic import ego_extent
+from carla_safe_envs.sim.vehicle import MAX_STEER, WHEELBASE
+from carla_safe_envs.tasks import ACC_VALUES
+
+log = logging.getLogger(__name__)
+
+CRUISE = 4.0  # target speed [m/s] (the reward's desired speed)
+HORIZON, SAMPLES = 4.0, 20  # conflict look-ahead [s] and samples in it
+GO, STOP = 2.0, -4.0  # plan accelerations [m/s^2] (the discrete -2 brakes at ~5.5 m/s^2)
+CREEP = 0.4  # GO for this long, then STOP, must be safe to keep creeping forward [s]
+OTHERS_BRAKE = 3.0  # braking assumed of a vehicle with the ego in its path [m/s^2]
+MARGIN_LENGTH, MARGIN_WIDTH = 2.0, 0.8  # safety margin added to the ego box [m]
+IDM_T, IDM_S0, IDM_A, IDM_B = 1.2, 3.0, 2.0, 2.0
+
+
+class Expert:
+    """Privileged driver for any of the four tasks; ``act()`` returns an action of ``env``."""
+
+    def __init__(self, env: gym.Env, *, noise: float = 0.0, seed: int | None = None):
+        if not 0.0 <= noise <= 1.0:
+            raise ValueError(f"noise must be a probability in [0, 1], got {noise}")
+        self.env = env.unwrapped
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+        self.reset()
+
+    def reset(self) -> None:
+        self._carry = 0.0  # steering quantization error fed back
+        self._burst, self._burst_action = 0, None
+
+    # --------------------------------------------------------------- control
+    def control(self) -> tuple[float, float]:
+        """Desired (acceleration [m/s^2], steer [-1, 1]) from the current state."""
+        env = self.env
+        snap, route = env.snapshot, env.route
+        ego = snap.ego
+        v = snap.ego_speed
+        progress = env._projection.progress
+        # pure pursuit
+        look = max(4.0, 1.5 * v)
+        tx, ty = route.points[min(int(progress + look), len(route) - 1), :2]
+        dx, dy = tx - ego[X], ty - ego[Y]
+        c, s = math.cos(ego[YAW]), math.sin(ego[YAW])
+        ahead, right = dx * c + dy * s, -dx * s + dy * c
+        dist2 = max(ahead * ahead + right * right, 1e-6)
+        delta = math.atan(2.0 * right * WHEELBASE / dist2)
+        steer = float(np.clip(delta / MAX_STEER, -1.0, 1.0))
+        # car following along the route corridor
+        acc = self._follow(progress, v)
+        # yielding: GO if it is safe, or if one more step of it still leaves a safe stop (creep
+        # up to the conflict); else STOP; when neither is safe, whichever conflicts later
+        go = self._conflict_time(progress, v, GO)
+        if math.isinf(go) or math.isinf(self._conflict_time(progress, v, GO, switch=CREEP)):
+            plan = GO
+        else:
+            stop = self._conflict_time(progress, v, STOP)
+            plan = STOP if math.isinf(stop) or stop > go else GO
+        return min(acc, plan), steer
+
+    def _follow(self, progress: float, v: float) -> float:
+        snap, route = self.env.snapshot, self.env.route
+        gap = math.inf
+        lead_v = CRUISE
+        others = snap.others
+        if len(others):
+            i0 = int(progress)
+            pts = route.points[i0 : i0 + 40, :2]  # the next 40 m of route
+            d2 = ((others[:, None, :2] - pts[None, :, :]) ** 2).sum(-1)  # (K, W)
+            k = d2.argmin(axis=1)
+            near = np.sqrt(d2[np.arange(len(others)), k]) < (others[:, WIDTH] + snap.ego[WIDTH]) / 2 + 0.3
+            seg = np.minimum(k + i0, len(route.seg_yaw) - 1)
+            near &= np.cos(others[:, YAW] - route.seg_yaw[seg]) > 0.7  # going our way, not crossing
+            along = k + i0 - progress  # [m], waypoints are 1 m apart
+            ahead = near & (along > 0)
+            if ahead.any():
+                j = np.flatnonzero(ahead)[np.argmin(along[ahead])]
+                gap = along[j] - (others[j, LENGTH] + EGO_LENGTH) / 2
+                yaw = route.seg_yaw[min(int(progress), len(route.seg_yaw) - 1)]
+                lead_v = others[j, VX] * math.cos(yaw) + others[j, VY] * math.sin(yaw)
+        s_star = IDM_S0 + max(v * IDM_T + v * (v - lead_v) / (2 * math.sqrt(IDM_A * IDM_B)), 0.0)
+        return IDM_A * (1.0 - (v / CRUISE) ** 4 - (s_star / max(gap, 0.1)) ** 2)
+
+    def _conflict_time(self, progress: float, v: float, acc: float, switch: float = math.inf) -> float:
+        """First sampled time at which the ego, driving the route with ``acc`` until ``switch``
+        seconds and braking (``STOP``) after, with its speed kept in [0, CRUISE + 1], comes
+        within the margin of a vehicle moving at constant velocity (``inf``: no conflict)."""
+        snap, route = self.env.snapshot, self.env.route
+        others = snap.others
+        if len(others) == 0:
+            return math.inf
+        box = snap.ego.copy()
+        box[LENGTH] += MARGIN_LENGTH
+        box[WIDTH] += MARGIN_WIDTH
+        travelled, speed = 0.0, v
+        h = HORIZON / SAMPLES
+        moved = others.copy()
+        # Others keep their velocity, except that they brake once the ego is in the corridor
+        # ahead of them: the traffic's car following reacts to the ego the same way.
+        their_v = np.hypot(others[:, VX], others[:, VY])
+        hx, hy = np.cos(others[:, YAW]), np.sin(others[:, YAW])
+        half = others[:, WIDTH] / 2 + 0.3
+        braking = np.zeros(len(others), dtype=bool)
+        for n in range(1, SAMPLES + 1):
+            a = acc if n * h <= switch + 1e-9 else STOP
+            speed = min(max(speed + a * h, 0.0), CRUISE + 1.0)
+            travelled += speed * h
+            p = min(progress + travelled, len(route) - 1.001)
+            i = int(p)
+            t = p - i
+            box[X : Y + 1] = route.points[i, :2] * (1 - t) + route.points[i + 1, :2] * t
+            box[YAW] = route.seg_yaw[min(i, len(route.seg_yaw) - 1)]
+            ex, ey = box[X] - moved[:, X], box[Y] - moved[:, Y]
+            dx, dy = ex * hx + ey * hy, -ex * hy + ey * hx
+            lon, lat = ego_extent(box, others[:, YAW])
+            braking |= (dx > 0) & (dx < 40.0) & (np.abs(dy) < half + lat)
+            their_v = np.where(braking, np.maximum(their_v - OTHERS_BRAKE * h, 0.0), their_v)
+            moved[:, X] += their_v * hx * h
+            moved[:, Y] += their_v * hy * h
+            if boxes_overlap(box, moved).any():
+                return n * h
+        return math.inf
+
+    # --------------------------------------------------------------- actions
+    def act(self):
+        """The next action in the env's action space."""
+        if self._burst > 0:
+            self._burst -= 1
+            return self._burst_action
+        if self.noise > 0 and self.rng.random() < self.noise:
+            self._burst = int(self.rng.integers(3, 11)) - 1
+            self._burst_action = self._random_action()
+            return self._burst_action
+        acc, steer = self.control()
+        if self.env.action_mode == "continuous":
+            return np.array([np.clip(acc, -3.0, 3.0), steer], dtype=np.float32)
+        v = self.env.snapshot.ego_speed
+        if acc > 0.5 and v < CRUISE:
+            ia = 2
+        elif acc < -0.5:
+            ia = 0
+        else:
+            ia = 1
+        values = np.asarray(self.env.task.steer_values)
+        want = steer + self._carry
+        js = int(np.argmin(np.abs(values - want)))
+        self._carry = float(np.clip(want - values[js], -0.3, 0.3))
+        return ia * len(values) + js
+
+    def _random_action(self):
+        if self.env.action_mode == "continuous":
+            return self.rng.uniform([-3.0, -1.0], [3.0, 1.0]).astype(np.float32)
+        return int(self.rng.integers(len(ACC_VALUES) * len(self.env.task.steer_values)))
+
+
+def run_episodes(
+    env_id: str,
+    *,
+    episodes: int,
+    seed: int,
+    noise: float = 0.0,
+    video_path: Path | None = None,
+    **env_kwargs,
+) -> dict[str, float]:
+    """Drive ``episodes`` episodes with the expert; the aggregated metrics (DESIGN 4)."""
+    render_mode = "rgb_array" if video_path is not None else None
+    env = gym.make(env_id, render_mode=render_mode, **env_kwargs)
+    expert = Expert(env, noise=noise, seed=seed)
+    results, frames = [], []
+    for ep in range(episodes):
+        obs, info = env.reset(seed=seed + ep)
+        expert.reset()
+        rec = EpisodeRecorder()
+        done = False
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(expert.act())
+            rec.add(reward, info)
+            if render_mode and ep == 0:
+                frames.append(env.render())
+            done = terminated or truncated
+        results.append(rec.result())
+        log.info("%s episode %d/%d: %s", env_id, ep + 1, episodes, results[-1])
+    env.close()
+    if video_path is not None and frames:
+        write_video(video_path, frames)
+    return aggregate(results)
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> None:
+    try:
+        import imageio.v2 as imageio  # noqa: PLC0415 - optional dependency
+    except ImportError as exc:
+        raise ImportError("writing videos needs imageio: pip install 'carla-safe[video]'") from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(path, frames, fps=fps, macro_block_size=1)
+    log.info("wrote %s (%d frames)", path, len(frames))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import carla_safe_envs  # noqa: PLC0415 - registers the ids
+
+    parser = argparse.ArgumentParser(prog="python -m carla_safe_envs.expert", description=__doc__.split("\n\n")[0])
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--task", choices=carla_safe_envs.TASK_IDS, help="environment id")
+    target.add_argument("--all-tasks", action="store_true", help="every task in turn")
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--noise", type=float, default=0.0, help="probability of a random-action burst per step")
+    parser.add_argument("--difficulty", choices=("simple", "medium", "hard"), help="Left/Right Turn only")
+    parser.add_argument("--action-mode", choices=("discrete", "continuous"), default="discrete")
+    parser.add_argument("--video-dir", type=Path, help="write a BEV video of the first episode per task here")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error("--episodes must be >= 1")
+    logging.basicConfig(level=logging.INFO if not args.json else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    tasks = carla_safe_envs.TASK_IDS if args.all_tasks else (args.task,)
+    rows = {}
+    for env_id in tasks:
+        kwargs = {"action_mode": args.action_mode}
+        if args.difficulty:
+            if "Turn" not in env_id:
+                if not args.all_tasks:
+                    parser.error(f"--difficulty applies to the Left/Right Turn tasks, not {env_id}")
+            else:
+                kwargs["difficulty"] = args.difficulty
+        video = args.video_dir / f"{env_id}.mp4" if args.video_dir else None
+        t0 = time.perf_counter()
+        rows[env_id] = run_episodes(env_id, episodes=args.episodes, seed=args.seed, noise=args.noise, video_path=video, **kwargs)
+        log.info("%s: %d episodes in %.1f s", env_id, args.episodes, time.perf_counter() - t0)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

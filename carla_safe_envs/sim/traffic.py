@@ -1,0 +1,337 @@
+"""Background traffic of the embedded simulator: lane following with IDM and MOBIL.
+
+Vehicles live in lane coordinates (lane index, arc length ``s``, lateral offset ``d`` while a
+lane change settles) on the shared :class:`~carla_safe_envs.maps.RoadMap`, in fixed-capacity
+numpy arrays (slot order is stable, so snapshots are deterministic).  Each vehicle carries a
+short plan of the next ``PLAN`` lanes; leaders are found along that plan for all vehicles at
+once, so the step is vectorized and costs tens of microseconds for 50 vehicles.
+
+* Car following: the Intelligent Driver Model (Treiber et al., 2000) with the parameters
+  below; the ego counts as a leader when it is in the corridor ahead of a vehicle.
+* Lane changes (``autopilot`` only): MOBIL (Kesting et al., 2007) with politeness 0 — a
+  vehicle moves to a same-direction neighbour lane when its IDM acceleration there is at least
+  ``MOBIL_GAIN`` higher and the new follower need not brake harder than ``MOBIL_SAFE``; never
+  into the ego's flank.  The lateral offset then settles at ``LATERAL_SPEED``.
+* ``autopilot`` vehicles choose random successors at forks and are re-spawned out of the ego's
+  view when they get further than ``spec.radius`` from it; ``flow`` vehicles enter at the
+  spawn pose with random gaps, follow the straightest path and leave at its end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from carla_safe_envs.backends.base import DT, LENGTH, STATE_DIM, VX, VY, WIDTH, YAW, X, Y, Z, TrafficSpec
+from carla_safe_envs.maps import RoadMap
+
+PLAN = 4  # lanes in each vehicle's look-ahead plan
+LOOKAHEAD = 60.0  # leader search range [m]
+# IDM parameters (urban/highway mix, CARLA traffic-manager-like behaviour)
+IDM_A = 1.5  # maximum acceleration [m/s^2]
+IDM_B = 2.0  # comfortable deceleration [m/s^2]
+IDM_S0 = 2.5  # standstill gap [m]
+IDM_T = 1.2  # time headway [s]
+MAX_DECEL = 8.0  # physical braking limit [m/s^2]
+# MOBIL
+MOBIL_GAIN = 0.3  # required acceleration advantage [m/s^2]
+MOBIL_SAFE = 3.0  # maximum braking imposed on the new follower [m/s^2]
+MOBIL_PERIOD = 10  # each vehicle considers a lane change every 10 steps (1 s)...
+MOBIL_CALL = 5  # ...in batches, every 5 steps
+LATERAL_SPEED = 1.2  # [m/s] a 3.5 m lane change takes ~3 s
+SPAWN_SPACING = 12.0  # minimum centre distance between a spawned vehicle and any other [m]
+VIEW_CLEARANCE = 40.0  # re-spawns happen at least this far from the ego (outside the BEV) [m]
+
+
+def idm_acceleration(v, v0, gap, dv):
+    """IDM acceleration for speed ``v``, desired ``v0``, bumper gap ``gap`` and approach ``dv``."""
+    s_star = IDM_S0 + np.maximum(v * IDM_T + v * dv / (2.0 * math.sqrt(IDM_A * IDM_B)), 0.0)
+    acc = IDM_A * (1.0 - (v / np.maximum(v0, 0.1)) ** 4 - (s_star / np.maximum(gap, 0.1)) ** 2)
+    return np.clip(acc, -MAX_DECEL, IDM_A)
+
+
+class Traffic:
+    """All background vehicles of one episode."""
+
+    def __init__(self, road: RoadMap, spec: TrafficSpec, rng: np.random.Generator, ego: np.ndarray):
+        self.road, self.spec, self.rng = road, spec, rng
+        cap = spec.count if spec.kind == "autopilot" else (32 if spec.kind == "flow" else 0)
+        self.alive = np.zeros(cap, dtype=bool)
+        self.lane = np.zeros(cap, dtype=np.int64)
+        self.plan = np.zeros((cap, PLAN), dtype=np.int64)
+        self.s = np.zeros(cap)
+        self.v = np.zeros(cap)
+        self.v0 = np.zeros(cap)
+        self.d = np.zeros(cap)  # lateral offset from the lane centre, + right [m]
+        self.length = np.zeros(cap)
+        self.width = np.zeros(cap)
+        self.steps = 0
+        self._flow_path: list[int] = []
+        self._flow_next_gap = 0.0
+        self._pool = None
+        if spec.kind == "autopilot":
+            if spec.lanes:
+                lanes = np.asarray(spec.lanes)
+                self._pool = np.concatenate([np.arange(road.lane_start[i], road.lane_start[i + 1]) for i in lanes])
+            self._spawn_autopilot(ego, np.arange(cap), min_dist=10.0)
+        elif spec.kind == "flow":
+            self._init_flow()
+        self._update_states()
+
+    # -------------------------------------------------------------- spawning
+    def _new_vehicle(self, i: int, lane: int, s: float, speed: float, v0: float) -> None:
+        self.alive[i], self.lane[i], self.s[i] = True, lane, s
+        self.v[i], self.v0[i], self.d[i] = speed, v0, 0.0
+        self.length[i] = self.rng.uniform(4.0, 5.2)
+        self.width[i] = self.rng.uniform(1.8, 2.2)
+        if self.spec.kind == "flow":
+            self.plan[i] = self._flow_plan(lane)
+        else:
+            self.plan[i, 0] = lane
+            for k in range(1, PLAN):
+                self.plan[i, k] = self._random_successor(self.plan[i, k - 1])
+
+    def _random_successor(self, lane: int) -> int:
+        succ = self.road.successors(int(lane))
+        return int(succ[self.rng.integers(len(succ))]) if len(succ) else int(lane)
+
+    def _spawn_autopilot(self, ego: np.ndarray, slots: np.ndarray, min_dist: float) -> None:
+        """Place vehicles in ``slots`` on free lane points ``min_dist``..radius from the ego."""
+        if len(slots) == 0:
+            return
+        road, r = self.road, self.spec.radius
+        pool = self._pool if self._pool is not None else road.candidates(ego[X], ego[Y], r)
+        p = road.pts[pool]
+        d2 = (p[:, 0] - ego[X]) ** 2 + (p[:, 1] - ego[Y]) ** 2
+        pool = pool[(d2 >= min_dist**2) & (d2 <= r * r) & (np.abs(p[:, 2] - ego[Z]) < 8.0)]
+        if len(pool) == 0:
+            return
+        taken = self._xyz[self.alive, :2] if self.alive.any() else np.empty((0, 2))
+        for i in slots:
+            tries = pool[self.rng.integers(len(pool), size=16)]
+            q = road.pts[tries, :2].astype(np.float64)
+            free = (((q[:, None, :] - taken[None, :, :]) ** 2).sum(-1) >= SPAWN_SPACING**2).all(axis=1)
+            if not free.any():
+                continue
+            j = int(tries[np.argmax(free)])
+            v0 = self.rng.uniform(0.7, 1.2) * self.spec.speed
+            self._new_vehicle(int(i), int(road.point_lane[j]), float(road.s[j]), v0, v0)
+            taken = np.vstack([taken, q[np.argmax(free)][None]])
+
+    def _flow_plan(self, lane: int) -> np.ndarray:
+        k = self._flow_path.index(lane)
+        path = self._flow_path[k : k + PLAN]
+        return np.array(path + [-1] * (PLAN - len(path)))
+
+    def _init_flow(self) -> None:
+        spec, road = self.spec, self.road
+        lp = road.locate(spec.spawn.x, spec.spawn.y, spec.spawn.z, spec.spawn.yaw, radius=4.0)
+        if lp is None:
+            raise ValueError(f"flow spawn {spec.spawn} is not on a {road.town} lane")
+        path, total = [lp.lane], road.lane_length[lp.lane] - lp.s
+        while total < 150.0:  # the straightest successor at each fork
+            succ = road.successors(path[-1])
+            if len(succ) == 0:
+                break
+            end_yaw = road.yaw[road.lane_start[path[-1] + 1] - 1]
+            turn = [abs(math.remainder(float(road.yaw[road.lane_start[j + 1] - 1] - end_yaw), math.tau)) for j in succ]
+            path.append(int(succ[int(np.argmin(turn))]))
+            total += road.lane_length[path[-1]]
+        self._flow_path = path
+        self._flow_s0 = lp.s
+        if spec.gap is None:
+            return
+        # A stream already flowing: vehicles from the spawn point down the path.
+        s_abs, slot = 0.0, 0
+        lengths = [road.lane_length[path[0]] - lp.s] + [road.lane_length[j] for j in path[1:]]
+        while slot < len(self.alive):
+            k, rest = 0, s_abs
+            while k < len(path) and rest > lengths[k]:
+                rest -= lengths[k]
+                k += 1
+            if k >= len(path) or s_abs > 100.0:
+                break
+            s_lane = rest + (lp.s if k == 0 else 0.0)
+            self._new_vehicle(slot, path[k], s_lane, spec.speed, spec.speed)
+            s_abs += self.length[slot] + self.rng.uniform(*spec.gap)
+            slot += 1
+        self._flow_next_gap = self.rng.uniform(*spec.gap)
+
+    def _feed_flow(self) -> None:
+        """Enter a new flow vehicle once the last one has cleared the spawn by a random gap."""
+        if self.spec.gap is None:
+            return
+        on_first = self.alive & (self.lane == self._flow_path[0])
+        last_s = self.s[on_first] - self.length[on_first] / 2 if on_first.any() else np.array([np.inf])
+        if last_s.min() - self._flow_s0 >= self._flow_next_gap + 2.6:
+            free = np.flatnonzero(~self.alive)
+            if len(free):
+                self._new_vehicle(int(free[0]), self._flow_path[0], self._flow_s0, self.spec.speed, self.spec.speed)
+                self._flow_next_gap = self.rng.uniform(*self.spec.gap)
+
+    # ------------------------------------------------------------------ step
+    def _index(self) -> None:
+        """Sort the vehicles alive by global arc coordinate (lane, then s) for leader queries."""
+        idx = np.flatnonzero(self.alive)
+        g = self.road.lane_base[self.lane[idx]] + self.s[idx]
+        order = np.argsort(g, kind="stable")
+        # sentinels at both ends keep every query inside the arrays
+        self._g_sorted = np.concatenate([[-np.inf], g[order], [np.inf]])
+        self._g_who = np.concatenate([[-1], idx[order], [-1]])
+
+    def _first_at_or_after(self, lanes: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each (lane, s) query: the vehicle with the smallest arc >= s on that lane and the
+        vehicle just before it on that lane (slot index, or -1 where there is none)."""
+        base = self.road.lane_base[lanes]
+        k = np.searchsorted(self._g_sorted, base + s, side="left")
+        after, before = self._g_who[k], self._g_who[k - 1]
+        after = np.where(self._g_sorted[k] <= base + self.road.lane_length[lanes] + 1.0, after, -1)
+        before = np.where(self._g_sorted[k - 1] >= base - 1.0, before, -1)
+        return after, before
+
+    def _leaders(self, ego: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Bumper gap [m] and speed [m/s] of each vehicle's leader (inf / v0 if none)."""
+        n = len(self.alive)
+        gap = np.full(n, np.inf)
+        lead_v = self.v0.copy()
+        idx = np.flatnonzero(self.alive)
+        if len(idx) == 0:
+            return gap, lead_v
+        plan = self.plan[idx]  # (A, P)
+        valid = plan >= 0
+        lanes = np.maximum(plan, 0)
+        plan_len = np.where(valid, self.road.lane_length[lanes], 0.0)
+        offset = np.cumsum(plan_len, axis=1) - plan_len - self.s[idx, None]  # lane start, ahead [m]
+        s_query = np.zeros(plan.shape)
+        s_query[:, 0] = self.s[idx] + 1e-6  # strictly ahead on the own lane
+        who, _ = self._first_at_or_after(lanes.ravel(), s_query.ravel())
+        who = np.where(valid.ravel(), who, -1).reshape(plan.shape)
+        centre = np.where(who >= 0, offset + self.s[np.maximum(who, 0)], np.inf)
+        k = np.argmin(centre, axis=1)  # the first plan lane holding a vehicle
+        rows = np.arange(len(idx))
+        best, j = centre[rows, k], who[rows, k]
+        has = np.isfinite(best) & (best < LOOKAHEAD + 10.0)
+        gap[idx[has]] = best[has] - (self.length[idx[has]] + self.length[j[has]]) / 2
+        lead_v[idx[has]] = self.v[j[has]]
+        # the ego, when it is in the corridor ahead
+        dx, dy = self._ego_in_frame(ego, idx)
+        half = (self.width[idx] + ego[WIDTH]) / 2 + 0.3
+        ego_gap = dx - (self.length[idx] + ego[LENGTH]) / 2
+        closer = (dx > 0) & (dx < LOOKAHEAD) & (np.abs(dy) < half) & (ego_gap < gap[idx])
+        if closer.any():
+            yaw = self._yaw[idx[closer]]
+            gap[idx[closer]] = ego_gap[closer]
+            lead_v[idx[closer]] = ego[VX] * np.cos(yaw) + ego[VY] * np.sin(yaw)
+        return gap, lead_v
+
+    def _ego_in_frame(self, ego: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ego's position in each vehicle's frame: ahead ``dx``, to the right ``dy`` [m]."""
+        ex, ey = ego[X] - self._xyz[idx, 0], ego[Y] - self._xyz[idx, 1]
+        c, s = np.cos(self._yaw[idx]), np.sin(self._yaw[idx])
+        level = np.abs(ego[Z] - self._xyz[idx, 2]) < 3.0
+        return np.where(level, ex * c + ey * s, np.inf), -ex * s + ey * c
+
+    def step(self, ego: np.ndarray) -> None:
+        """Advance every vehicle by one step of ``DT`` seconds."""
+        if not self.alive.any() and self.spec.kind != "flow":
+            return
+        self._index()
+        gap, lead_v = self._leaders(ego)
+        acc = idm_acceleration(self.v, self.v0, gap, self.v - lead_v)
+        if self.spec.kind == "autopilot" and self.spec.lane_changes and self.steps % MOBIL_CALL == 0:
+            self._mobil(ego, acc)
+        self.v = np.where(self.alive, np.maximum(self.v + acc * DT, 0.0), 0.0)
+        self.s = self.s + self.v * DT
+        self.d = np.sign(self.d) * np.maximum(np.abs(self.d) - LATERAL_SPEED * DT, 0.0)
+        self._advance_lanes()
+        if self.spec.kind == "flow":
+            self._feed_flow()
+        elif self.spec.kind == "autopilot":
+            self._respawn_far(ego)
+        self.steps += 1
+        self._update_states()
+
+    def _advance_lanes(self) -> None:
+        lane_len = self.road.lane_length
+        over = np.flatnonzero(self.alive & (self.s > lane_len[self.lane]))
+        for i in over:
+            while self.alive[i] and self.s[i] > lane_len[self.lane[i]]:
+                self.s[i] -= lane_len[self.lane[i]]
+                nxt = self.plan[i, 1]
+                if nxt < 0:  # end of a flow path: leave
+                    self.alive[i] = False
+                    break
+                self.plan[i, :-1] = self.plan[i, 1:]
+                self.plan[i, -1] = self._random_successor(self.plan[i, -2]) if self.spec.kind == "autopilot" else -1
+                if self.spec.kind == "flow":
+                    self.plan[i] = self._flow_plan(int(nxt))
+                self.lane[i] = nxt
+
+    def _mobil(self, ego: np.ndarray, acc: np.ndarray) -> None:
+        """MOBIL lane changes for the vehicles whose turn it is (vectorized over them)."""
+        road = self.road
+        due = self.alive & (self.d == 0.0) & (self.v > 1.0)
+        due &= (np.arange(len(self.alive)) // 2 + self.steps // MOBIL_CALL) % (MOBIL_PERIOD // MOBIL_CALL) == 0
+        cand = np.flatnonzero(due)
+        if len(cand) == 0:
+            return
+        dx, dy = self._ego_in_frame(ego, cand)
+        for side, neighbours in ((-1.0, road.lane_left), (1.0, road.lane_right)):
+            target = neighbours[self.lane[cand]]
+            ok = target >= 0
+            if not ok.any():
+                continue
+            c, t = cand[ok], target[ok]
+            s_t = self.s[c] * road.lane_length[t] / np.maximum(road.lane_length[self.lane[c]], 1e-6)
+            j, f = self._first_at_or_after(t, s_t)
+            jj, ff = np.maximum(j, 0), np.maximum(f, 0)
+            new_gap = np.where(j >= 0, self.s[jj] - s_t - (self.length[c] + self.length[jj]) / 2, np.inf)
+            lead_v = np.where(j >= 0, self.v[jj], self.v0[c])
+            a_new = idm_acceleration(self.v[c], self.v0[c], new_gap, self.v[c] - lead_v)
+            back_gap = np.where(f >= 0, s_t - self.s[ff] - (self.length[c] + self.length[ff]) / 2, np.inf)
+            a_f = idm_acceleration(self.v[ff], self.v0[ff], back_gap, self.v[ff] - self.v[c])
+            safe_back = (f < 0) | ((back_gap >= IDM_S0) & (a_f >= -MOBIL_SAFE))
+            sdy = side * dy[ok]
+            ego_flank = (-15.0 < dx[ok]) & (dx[ok] < 12.0) & (0.5 < sdy) & (sdy < 6.0)
+            go = ~ego_flank & (new_gap >= IDM_S0) & (a_new - acc[c] >= MOBIL_GAIN) & safe_back
+            go &= self.d[c] == 0.0  # not already changing to the other side this step
+            for k in np.flatnonzero(go):
+                i = c[k]
+                self.lane[i], self.s[i] = t[k], s_t[k]
+                self.plan[i, 0] = t[k]
+                for m in range(1, PLAN):
+                    self.plan[i, m] = self._random_successor(self.plan[i, m - 1])
+                self.d[i] = -side * 3.5  # starts where it was, settles onto the new centre
+                acc[i] = a_new[k]
+
+    def _respawn_far(self, ego: np.ndarray) -> None:
+        p = self._xyz
+        far = self.alive & ((p[:, 0] - ego[X]) ** 2 + (p[:, 1] - ego[Y]) ** 2 > self.spec.radius**2)
+        self.alive[far] = False
+        dead = np.flatnonzero(~self.alive)
+        if len(dead):
+            self._spawn_autopilot(ego, dead, min_dist=VIEW_CLEARANCE)
+
+    # ---------------------------------------------------------------- output
+    def _update_states(self) -> None:
+        xyz, yaw = self.road.poses_at(self.lane, self.s)
+        # lateral offset along the driver's right (-sin, cos)
+        xyz[:, 0] -= self.d * np.sin(yaw)
+        xyz[:, 1] += self.d * np.cos(yaw)
+        self._xyz, self._yaw = xyz, yaw
+
+    def positions(self) -> np.ndarray:
+        return self._xyz
+
+    def states(self) -> np.ndarray:
+        """(K, 8) states of the vehicles alive, in slot order."""
+        idx = np.flatnonzero(self.alive)
+        out = np.empty((len(idx), STATE_DIM))
+        out[:, [X, Y, Z]] = self._xyz[idx]
+        out[:, YAW] = self._yaw[idx]
+        out[:, VX] = self.v[idx] * np.cos(self._yaw[idx])
+        out[:, VY] = self.v[idx] * np.sin(self._yaw[idx])
+        out[:, LENGTH] = self.length[idx]
+        out[:, WIDTH] = self.width[idx]
+        return out
