@@ -150,6 +150,7 @@ class CarlaSafeEnv(gym.Env):
         self._bev = BevRenderer(self.road, size=OBS_SIZE)
         self._video: BevRenderer | None = None
         self.snapshot: WorldSnapshot | None = None
+        self.scenario = None
         self.route = None
 
     # ----------------------------------------------------------------- actions
@@ -179,9 +180,9 @@ class CarlaSafeEnv(gym.Env):
         super().reset(seed=seed)
         if options:
             raise ValueError(f"reset() takes no options, got {sorted(options)}; pass task options to gym.make")
-        scenario, self.route = self.task.episode(self.np_random)
+        self.scenario, self.route = self.task.episode(self.np_random)
         backend_rng = np.random.default_rng(int(self.np_random.integers(2**63)))
-        self.snapshot = self.backend.reset(scenario, backend_rng)
+        self.snapshot = self.backend.reset(self.scenario, backend_rng)
         self._waypoints = 0
         self._distance = 0.0
         proj = self.route.project(self.snapshot.ego[X], self.snapshot.ego[Y])

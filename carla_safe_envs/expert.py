@@ -36,8 +36,9 @@ import numpy as np
 
 from carla_safe_envs.backends.base import EGO_LENGTH, LENGTH, VX, VY, WIDTH, YAW, X, Y
 from carla_safe_envs.geometry import boxes_overlap
+from carla_safe_envs.junction import gap_to_zone, in_zone
 from carla_safe_envs.metrics import EpisodeRecorder, aggregate, format_table
-from carla_safe_envs.sim.traffic import ego_extent
+from carla_safe_envs.sim.traffic import ego_extent, swept_box
 from carla_safe_envs.sim.vehicle import MAX_STEER, WHEELBASE
 from carla_safe_envs.tasks import ACC_VALUES
 
@@ -47,8 +48,8 @@ CRUISE = 4.0  # target speed [m/s] (the reward's desired speed)
 HORIZON, SAMPLES = 4.0, 20  # conflict look-ahead [s] and samples in it
 GO, STOP = 2.0, -4.0  # plan accelerations [m/s^2] (the discrete -2 brakes at ~5.5 m/s^2)
 CREEP = 0.4  # GO for this long, then STOP, must be safe to keep creeping forward [s]
-OTHERS_BRAKE = 3.0  # braking assumed of a vehicle with the ego in its path [m/s^2]
-MARGIN_LENGTH, MARGIN_WIDTH = 2.0, 0.8  # safety margin added to the ego box [m]
+OTHERS_BRAKE = 4.0  # braking assumed of a vehicle with the ego in its path [m/s^2]
+MARGIN_LENGTH, MARGIN_WIDTH = 1.0, 0.4  # safety margin added to the ego box [m]
 IDM_T, IDM_S0, IDM_A, IDM_B = 1.2, 3.0, 2.0, 2.0
 
 
@@ -122,23 +123,33 @@ class Expert:
     def _conflict_time(self, progress: float, v: float, acc: float, switch: float = math.inf) -> float:
         """First sampled time at which the ego, driving the route with ``acc`` until ``switch``
         seconds and braking (``STOP``) after, with its speed kept in [0, CRUISE + 1], comes
-        within the margin of a vehicle moving at constant velocity (``inf``: no conflict)."""
-        snap, route = self.env.snapshot, self.env.route
+        within the margin of another vehicle (``inf``: no conflict).
+
+        The others keep their velocity, except that they brake at ``OTHERS_BRAKE`` once the
+        ego's swept box is in the corridor ahead of them, and stop at the edge of the task's
+        yield zone while the ego is inside it: the two ways the traffic reacts to the ego.
+        """
+        env = self.env
+        snap, route = env.snapshot, env.route
         others = snap.others
         if len(others) == 0:
             return math.inf
+        zone = env.scenario.traffic.yield_zone
         box = snap.ego.copy()
+        tight = box.copy()  # stopped vehicles only need clearance, not a safety margin
+        tight[LENGTH] += 0.4
+        tight[WIDTH] += 0.2
         box[LENGTH] += MARGIN_LENGTH
         box[WIDTH] += MARGIN_WIDTH
+        lateral = env._projection.lateral  # the ego converges to the route over ~2 s
         travelled, speed = 0.0, v
         h = HORIZON / SAMPLES
         moved = others.copy()
-        # Others keep their velocity, except that they brake once the ego is in the corridor
-        # ahead of them: the traffic's car following reacts to the ego the same way.
         their_v = np.hypot(others[:, VX], others[:, VY])
         hx, hy = np.cos(others[:, YAW]), np.sin(others[:, YAW])
         half = others[:, WIDTH] / 2 + 0.3
         braking = np.zeros(len(others), dtype=bool)
+        to_edge = np.full(len(others), np.inf)  # distance left to a yield-zone stop [m]
         for n in range(1, SAMPLES + 1):
             a = acc if n * h <= switch + 1e-9 else STOP
             speed = min(max(speed + a * h, 0.0), CRUISE + 1.0)
@@ -146,17 +157,41 @@ class Expert:
             p = min(progress + travelled, len(route) - 1.001)
             i = int(p)
             t = p - i
+            yaw = route.seg_yaw[min(i, len(route.seg_yaw) - 1)]
+            off = lateral * max(1.0 - n * h / 2.0, 0.0)
             box[X : Y + 1] = route.points[i, :2] * (1 - t) + route.points[i + 1, :2] * t
-            box[YAW] = route.seg_yaw[min(i, len(route.seg_yaw) - 1)]
+            box[X] -= off * math.sin(yaw)
+            box[Y] += off * math.cos(yaw)
+            box[YAW] = yaw
+            tight[[X, Y, YAW]] = box[[X, Y, YAW]]
+            plain = np.r_[box[:VX], speed * math.cos(yaw), speed * math.sin(yaw), snap.ego[LENGTH:]]
+            inside = in_zone(zone, moved[:, X], moved[:, Y]) if zone is not None else False
+            for ref, who in ((swept_box(plain), ~inside), (plain, inside)):
+                ex, ey = ref[X] - moved[:, X], ref[Y] - moved[:, Y]
+                dx, dy = ex * hx + ey * hy, -ex * hy + ey * hx
+                lon, lat = ego_extent(ref, others[:, YAW])
+                braking |= who & (dx > 0) & (dx < 40.0) & (np.abs(dy) < half + lat)
+            if zone is not None and in_zone(zone, box[X], box[Y]):
+                to_edge = np.minimum(to_edge, gap_to_zone(zone, moved))
+            decel = np.where(braking, OTHERS_BRAKE, 0.0)
+            stopping = np.isfinite(to_edge)
+            decel[stopping] = np.maximum(decel[stopping], their_v[stopping] ** 2 / (2 * np.maximum(to_edge[stopping], 0.05)))
+            step = np.maximum(their_v - decel * h, 0.0)
+            dist = (their_v + step) * h / 2
+            their_v = step
+            to_edge = to_edge - dist
+            moved[:, X] += dist * hx
+            moved[:, Y] += dist * hy
+            moved[:, VX], moved[:, VY] = their_v * hx, their_v * hy
+            moving = their_v > 1.0
+            if (boxes_overlap(box, moved) & moving).any() or (boxes_overlap(tight, moved) & ~moving).any():
+                return n * h
+        if speed == 0.0:  # stopped at the end: not in the path of moving traffic (no deadlock)
             ex, ey = box[X] - moved[:, X], box[Y] - moved[:, Y]
             dx, dy = ex * hx + ey * hy, -ex * hy + ey * hx
             lon, lat = ego_extent(box, others[:, YAW])
-            braking |= (dx > 0) & (dx < 40.0) & (np.abs(dy) < half + lat)
-            their_v = np.where(braking, np.maximum(their_v - OTHERS_BRAKE * h, 0.0), their_v)
-            moved[:, X] += their_v * hx * h
-            moved[:, Y] += their_v * hy * h
-            if boxes_overlap(box, moved).any():
-                return n * h
+            if ((dx > 0) & (dx < 40.0) & (np.abs(dy) < half + lat) & (np.hypot(others[:, VX], others[:, VY]) > 1.0)).any():
+                return HORIZON
         return math.inf
 
     # --------------------------------------------------------------- actions

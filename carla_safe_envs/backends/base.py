@@ -65,6 +65,9 @@ class TrafficSpec:
     spawn: Pose | None = None
     gap: tuple[float, float] | None = None  # [m]
     speed: float = 6.0  # desired speed of the traffic [m/s]
+    # (x, y, radius) [m] of a junction where traffic gives way to the ego: while the ego's
+    # centre is inside, vehicles outside that can still stop comfortably wait at its edge.
+    yield_zone: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from carla_safe_envs.backends.base import DT, LENGTH, STATE_DIM, VX, VY, WIDTH, YAW, X, Y, Z, TrafficSpec
+from carla_safe_envs.junction import gap_to_zone, in_zone
 from carla_safe_envs.maps import RoadMap
 
 PLAN = 4  # lanes in each vehicle's look-ahead plan
@@ -32,7 +33,8 @@ LOOKAHEAD = 60.0  # leader search range [m]
 IDM_A = 1.5  # maximum acceleration [m/s^2]
 IDM_B = 2.0  # comfortable deceleration [m/s^2]
 IDM_S0 = 2.5  # standstill gap [m]
-IDM_T = 1.2  # time headway [s]
+IDM_T = 1.0  # time headway of autopilot vehicles [s]
+FLOW_T = 0.5  # time headway in junction flows: they keep their gaps as CARLA's traffic manager does [s]
 MAX_DECEL = 8.0  # physical braking limit [m/s^2]
 # MOBIL
 MOBIL_GAIN = 0.3  # required acceleration advantage [m/s^2]
@@ -40,15 +42,35 @@ MOBIL_SAFE = 3.0  # maximum braking imposed on the new follower [m/s^2]
 MOBIL_PERIOD = 10  # each vehicle considers a lane change every 10 steps (1 s)...
 MOBIL_CALL = 5  # ...in batches, every 5 steps
 LATERAL_SPEED = 1.2  # [m/s] a 3.5 m lane change takes ~3 s
+SWEEP_TIME, SWEEP_MIN = 1.5, 4.0  # traffic yields to the ego's next 1.5 s of travel [s, m]
 SPAWN_SPACING = 12.0  # minimum centre distance between a spawned vehicle and any other [m]
 VIEW_CLEARANCE = 40.0  # re-spawns happen at least this far from the ego (outside the BEV) [m]
 
 
-def idm_acceleration(v, v0, gap, dv):
-    """IDM acceleration for speed ``v``, desired ``v0``, bumper gap ``gap`` and approach ``dv``."""
-    s_star = IDM_S0 + np.maximum(v * IDM_T + v * dv / (2.0 * math.sqrt(IDM_A * IDM_B)), 0.0)
+def idm_acceleration(v, v0, gap, dv, headway=IDM_T):
+    """IDM acceleration for speed ``v``, desired ``v0``, bumper gap ``gap``, approach ``dv``."""
+    s_star = IDM_S0 + np.maximum(v * headway + v * dv / (2.0 * math.sqrt(IDM_A * IDM_B)), 0.0)
     acc = IDM_A * (1.0 - (v / np.maximum(v0, 0.1)) ** 4 - (s_star / np.maximum(gap, 0.1)) ** 2)
     return np.clip(acc, -MAX_DECEL, IDM_A)
+
+
+def swept_box(ego: np.ndarray) -> np.ndarray:
+    """The ego box stretched forward over where it will be in ``SWEEP_TIME`` (at least
+    ``SWEEP_MIN`` metres): traffic yields to the ego's near-future path, like the bounding box
+    that CARLA's traffic manager extends along a vehicle's velocity."""
+    speed = math.hypot(ego[VX], ego[VY])
+    ext = max(SWEEP_MIN, SWEEP_TIME * speed)
+    out = ego.copy()
+    out[X] += 0.5 * ext * math.cos(ego[YAW])
+    out[Y] += 0.5 * ext * math.sin(ego[YAW])
+    out[LENGTH] += ext
+    return out
+
+
+def ego_extent(ego: np.ndarray, yaw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Half extents of the ego box along and across headings ``yaw`` [m]."""
+    c, s = np.abs(np.cos(ego[YAW] - yaw)), np.abs(np.sin(ego[YAW] - yaw))
+    return c * ego[LENGTH] / 2 + s * ego[WIDTH] / 2, s * ego[LENGTH] / 2 + c * ego[WIDTH] / 2
 
 
 class Traffic:
@@ -57,6 +79,7 @@ class Traffic:
     def __init__(self, road: RoadMap, spec: TrafficSpec, rng: np.random.Generator, ego: np.ndarray):
         self.road, self.spec, self.rng = road, spec, rng
         cap = spec.count if spec.kind == "autopilot" else (32 if spec.kind == "flow" else 0)
+        self.headway = np.full(cap, FLOW_T if spec.kind == "flow" else IDM_T)
         self.alive = np.zeros(cap, dtype=bool)
         self.lane = np.zeros(cap, dtype=np.int64)
         self.plan = np.zeros((cap, PLAN), dtype=np.int64)
@@ -214,15 +237,29 @@ class Traffic:
         has = np.isfinite(best) & (best < LOOKAHEAD + 10.0)
         gap[idx[has]] = best[has] - (self.length[idx[has]] + self.length[j[has]]) / 2
         lead_v[idx[has]] = self.v[j[has]]
-        # the ego, when it is in the corridor ahead
-        dx, dy = self._ego_in_frame(ego, idx)
-        half = (self.width[idx] + ego[WIDTH]) / 2 + 0.3
-        ego_gap = dx - (self.length[idx] + ego[LENGTH]) / 2
-        closer = (dx > 0) & (dx < LOOKAHEAD) & (np.abs(dy) < half) & (ego_gap < gap[idx])
+        # The ego, when any part of its box is in the corridor ahead.  Vehicles outside a yield
+        # zone also give way to where the ego is about to be (its box swept along its velocity);
+        # those inside one are crossing the junction and react to the ego's box only.
+        zone = self.spec.yield_zone
+        inside = in_zone(zone, self._xyz[idx, 0], self._xyz[idx, 1]) if zone is not None else np.zeros(len(idx), bool)
+        ego_gap = np.full(len(idx), np.inf)
+        for box, who in ((swept_box(ego), ~inside), (ego, inside)):
+            if not who.any():
+                continue
+            dx, dy = self._ego_in_frame(box, idx)
+            lon, lat = ego_extent(box, self._yaw[idx])
+            hit = who & (dx > 0) & (dx < LOOKAHEAD) & (np.abs(dy) < self.width[idx] / 2 + lat + 0.3)
+            ego_gap = np.where(hit, dx - self.length[idx] / 2 - lon, ego_gap)
+        closer = ego_gap < gap[idx]
         if closer.any():
             yaw = self._yaw[idx[closer]]
             gap[idx[closer]] = ego_gap[closer]
             lead_v[idx[closer]] = ego[VX] * np.cos(yaw) + ego[VY] * np.sin(yaw)
+        if zone is not None and in_zone(zone, ego[X], ego[Y]):
+            wait = gap_to_zone(zone, self._states(idx))
+            stop = wait < gap[idx]
+            gap[idx[stop]] = wait[stop]
+            lead_v[idx[stop]] = 0.0
         return gap, lead_v
 
     def _ego_in_frame(self, ego: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +275,7 @@ class Traffic:
             return
         self._index()
         gap, lead_v = self._leaders(ego)
-        acc = idm_acceleration(self.v, self.v0, gap, self.v - lead_v)
+        acc = idm_acceleration(self.v, self.v0, gap, self.v - lead_v, self.headway)
         if self.spec.kind == "autopilot" and self.spec.lane_changes and self.steps % MOBIL_CALL == 0:
             self._mobil(ego, acc)
         self.v = np.where(self.alive, np.maximum(self.v + acc * DT, 0.0), 0.0)
@@ -326,7 +363,9 @@ class Traffic:
 
     def states(self) -> np.ndarray:
         """(K, 8) states of the vehicles alive, in slot order."""
-        idx = np.flatnonzero(self.alive)
+        return self._states(np.flatnonzero(self.alive))
+
+    def _states(self, idx: np.ndarray) -> np.ndarray:
         out = np.empty((len(idx), STATE_DIM))
         out[:, [X, Y, Z]] = self._xyz[idx]
         out[:, YAW] = self._yaw[idx]

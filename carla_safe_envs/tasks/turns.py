@@ -5,6 +5,7 @@ ends at (-26.5, -139), crossing an eastbound flow that enters at (-22.4, -135.4)
 Right Turn starts at (-33.8, -135.1) and ends at (-5, -110.3), merging into a southbound
 flow that enters at (-3.4, -151.2) yaw 90.  Start poses are projected onto the lane centre.
 ``difficulty``: ``simple`` (no cars), ``medium`` (bumper gaps 8-16 m), ``hard`` (6-8 m).
+The flow gives way to the ego once the ego is inside the junction (see :mod:`..junction`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import ClassVar
 import numpy as np
 
 from carla_safe_envs.backends.base import Pose, Scenario, TrafficSpec
+from carla_safe_envs.junction import zone_around
 from carla_safe_envs.route import Route, lane_polyline, resample
 from carla_safe_envs.tasks.base import Task, TaskOptions, option
 
+JUNCTION = 1221  # the Town03 junction of both turns, centre ~(2.9, -136.5)
 DIFFICULTY_GAPS: dict[str, tuple[float, float] | None] = {
     "simple": None,
     "medium": (8.0, 16.0),
@@ -50,6 +53,7 @@ class JunctionTurn(Task):
         self._route_points, self._route_width = points, width
         fx, fy, fyaw = self.flow
         self.flow_pose = Pose(fx, fy, math.radians(fyaw))
+        self.yield_zone = zone_around(road, JUNCTION)
 
     def episode(self, rng: np.random.Generator) -> tuple[Scenario, Route]:
         traffic = TrafficSpec(
@@ -57,6 +61,7 @@ class JunctionTurn(Task):
             spawn=self.flow_pose,
             gap=DIFFICULTY_GAPS[self.options.difficulty],
             speed=self.options.flow_speed,
+            yield_zone=self.yield_zone,
         )
         scenario = Scenario(town=self.town, ego=self.start_pose, traffic=traffic, ego_lanes=self.lanes)
         return scenario, Route(self._route_points, self._route_width)

@@ -1,0 +1,70 @@
+"""SafetyGymnasiumWrapper on a tiny stand-in environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from carla_safe_envs.metrics import MissingInfoKeyError
+from carla_safe_envs.wrappers import SafetyGymnasiumWrapper
+
+
+class CountingEnv(gym.Env[np.ndarray, int]):
+    """Counts steps; cost 1.0 on action 1, 0.0 otherwise; ends after 3 steps."""
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, *, report_cost: bool = True) -> None:
+        self.observation_space = gym.spaces.Box(0, 10, (1,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.report_cost = report_cost
+        self.t = 0
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {"cost": 0.0} if self.report_cost else {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        self.t += 1
+        info: dict[str, Any] = {"other": "kept"}
+        if self.report_cost:
+            info["cost"] = np.float32(action)  # any float-like value
+        return np.full(1, self.t, np.float32), 0.5 * self.t, self.t >= 3, False, info
+
+
+def test_six_tuple() -> None:
+    env = SafetyGymnasiumWrapper(CountingEnv())
+    obs, info = env.reset(seed=0)
+    assert obs.tolist() == [0.0] and info == {"cost": 0.0}
+    out = env.step(1)
+    assert len(out) == 6
+    obs, reward, cost, terminated, truncated, info = out
+    assert obs.tolist() == [1.0] and reward == 0.5
+    assert cost == 1.0 and type(cost) is float
+    assert (terminated, truncated) == (False, False)
+    assert info["other"] == "kept" and info["cost"] == 1.0
+    assert env.step(0)[2] == 0.0
+    assert env.step(0)[3] is True
+
+
+def test_spaces_pass_through() -> None:
+    inner = CountingEnv()
+    env = SafetyGymnasiumWrapper(inner)
+    assert env.action_space is inner.action_space
+    assert env.observation_space is inner.observation_space
+    assert env.unwrapped is inner
+
+
+def test_missing_cost_is_an_error() -> None:
+    env = SafetyGymnasiumWrapper(CountingEnv(report_cost=False))
+    env.reset(seed=0)
+    with pytest.raises(MissingInfoKeyError, match="'cost'") as error:
+        env.step(0)
+    assert "SafetyGymnasiumWrapper.step" in str(error.value)
+    assert "other" in str(error.value)  # lists the keys that were there
