@@ -8,7 +8,8 @@ Description:
 Action Space:
     ``action_mode="discrete"`` (default): ``Discrete(15)``, ``acc = [-2, 0, 2][a // 5]`` m/s^2,
     ``steer = [-0.6, -0.2, 0, 0.2, 0.6][a % 5]`` (Right Turn: ``[-0.9, -0.3, 0, 0.3, 0.9]``).
-    ``action_mode="continuous"``: ``Box([-3, -1], [3, 1])`` = (acc, steer).  Control:
+    ``action_mode="continuous"``: ``Box(-1, 1, (2,))`` = (acc / 3, steer), i.e. DESIGN's
+    acc in [-3, 3] m/s^2 normalized as Gymnasium's checker and SB3 recommend.  Control:
     ``throttle = clip(acc / 3, 0, 1)``, ``brake = clip(-acc / 3, 0, 1)``.  Actions outside the
     space raise ``ValueError`` (nothing is clipped silently).
 
@@ -48,6 +49,7 @@ Arguments:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +59,7 @@ import numpy as np
 from gymnasium import spaces
 
 from carla_safe_envs.backends import make_backend
-from carla_safe_envs.backends.base import DT, VX, VY, Control, WorldSnapshot, X, Y, Z
+from carla_safe_envs.backends.base import DT, VX, VY, Control, Pose, TrafficSpec, WorldSnapshot, X, Y, Z
 from carla_safe_envs.bev import BevRenderer
 from carla_safe_envs.geometry import time_to_collision
 from carla_safe_envs.maps import load_town
@@ -68,10 +70,11 @@ DESIRED_SPEED = 4.0  # [m/s]
 LANE_TOLERANCE = 0.5  # lateral error above which the ego is out of its lane [m]
 OFF_ROUTE = 3.0  # lateral error that ends the episode [m]
 TTC_THRESHOLD = 2.0  # [s]
-ACC_LIMIT, STEER_LIMIT = 3.0, 1.0  # continuous action bounds
+ACC_LIMIT = 3.0  # continuous action a[0] = 1 is this acceleration [m/s^2]
 ACTION_MODES = ("discrete", "continuous")
 REWARD_TERMS = ("waypoint", "speed", "collision", "out_of_lane", "arrival")
 COST_TERMS = ("collision", "out_of_lane", "off_road", "ttc")
+RESET_OPTIONS = {"ego": Pose, "traffic": TrafficSpec}
 
 
 @dataclass(frozen=True)
@@ -144,9 +147,7 @@ class CarlaSafeEnv(gym.Env):
         if action_mode == "discrete":
             self.action_space = spaces.Discrete(len(ACC_VALUES) * len(self.task.steer_values))
         else:
-            self.action_space = spaces.Box(
-                np.array([-ACC_LIMIT, -STEER_LIMIT], np.float32), np.array([ACC_LIMIT, STEER_LIMIT], np.float32)
-            )
+            self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)  # (acc / ACC_LIMIT, steer)
         self._bev = BevRenderer(self.road, size=OBS_SIZE)
         self._video: BevRenderer | None = None
         self.snapshot: WorldSnapshot | None = None
@@ -168,24 +169,32 @@ class CarlaSafeEnv(gym.Env):
             a = np.asarray(action, dtype=np.float64)
             if a.shape != (2,) or not np.all(np.isfinite(a)):
                 raise ValueError(f"continuous action must be a finite (acc, steer) pair of shape (2,), got {action!r}")
-            acc, steer = float(a[0]), float(a[1])
-            if abs(acc) > ACC_LIMIT + 1e-6 or abs(steer) > STEER_LIMIT + 1e-6:
-                raise ValueError(
-                    f"continuous action {a.tolist()} is out of range: expected -3 <= acc <= 3 and -1 <= steer <= 1"
-                )
+            if np.any(np.abs(a) > 1.0 + 1e-6):
+                raise ValueError(f"continuous action {a.tolist()} is out of range: expected both components in [-1, 1]")
+            acc, steer = ACC_LIMIT * float(a[0]), float(a[1])
         return Control(throttle=min(max(acc / 3.0, 0.0), 1.0), brake=min(max(-acc / 3.0, 0.0), 1.0), steer=steer)
 
     # -------------------------------------------------------------------- API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start an episode.  ``options`` may script it: ``{"ego": Pose}`` replaces the start
+        pose (the route stays the task's), ``{"traffic": TrafficSpec}`` the traffic."""
         super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(RESET_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {unknown}: expected {list(RESET_OPTIONS)} (task options go to gym.make)")
+        scenario, self.route = self.task.episode(self.np_random)
+        for key, expected in RESET_OPTIONS.items():
+            if key in options and not isinstance(options[key], expected):
+                raise TypeError(f"reset option {key!r} must be a {expected.__name__}, got {type(options[key]).__name__}")
         if options:
-            raise ValueError(f"reset() takes no options, got {sorted(options)}; pass task options to gym.make")
-        self.scenario, self.route = self.task.episode(self.np_random)
+            scenario = dataclasses.replace(scenario, **options)
+        self.scenario = scenario
         backend_rng = np.random.default_rng(int(self.np_random.integers(2**63)))
-        self.snapshot = self.backend.reset(self.scenario, backend_rng)
+        self.snapshot = self.backend.reset(scenario, backend_rng)
         self._waypoints = 0
         self._distance = 0.0
-        proj = self.route.project(self.snapshot.ego[X], self.snapshot.ego[Y])
+        proj = self.route.project(self.snapshot.ego[X], self.snapshot.ego[Y], search_all=True)
         self._projection = proj
         info = self._info(self._signals(self.snapshot, proj, new_waypoints=0, initial=True), reward={}, cost={})
         return self._observe(), info

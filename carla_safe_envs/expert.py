@@ -34,6 +34,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from carla_safe_envs.env import ACC_LIMIT
 from carla_safe_envs.backends.base import EGO_LENGTH, LENGTH, VX, VY, WIDTH, YAW, X, Y
 from carla_safe_envs.geometry import boxes_overlap
 from carla_safe_envs.junction import gap_to_zone, in_zone
@@ -150,6 +151,7 @@ class Expert:
         half = others[:, WIDTH] / 2 + 0.3
         braking = np.zeros(len(others), dtype=bool)
         to_edge = np.full(len(others), np.inf)  # distance left to a yield-zone stop [m]
+        no_zone = np.zeros(len(others), dtype=bool)
         for n in range(1, SAMPLES + 1):
             a = acc if n * h <= switch + 1e-9 else STOP
             speed = min(max(speed + a * h, 0.0), CRUISE + 1.0)
@@ -165,7 +167,7 @@ class Expert:
             box[YAW] = yaw
             tight[[X, Y, YAW]] = box[[X, Y, YAW]]
             plain = np.r_[box[:VX], speed * math.cos(yaw), speed * math.sin(yaw), snap.ego[LENGTH:]]
-            inside = in_zone(zone, moved[:, X], moved[:, Y]) if zone is not None else False
+            inside = in_zone(zone, moved[:, X], moved[:, Y]) if zone is not None else no_zone
             for ref, who in ((swept_box(plain), ~inside), (plain, inside)):
                 ex, ey = ref[X] - moved[:, X], ref[Y] - moved[:, Y]
                 dx, dy = ex * hx + ey * hy, -ex * hy + ey * hx
@@ -206,7 +208,7 @@ class Expert:
             return self._burst_action
         acc, steer = self.control()
         if self.env.action_mode == "continuous":
-            return np.array([np.clip(acc, -3.0, 3.0), steer], dtype=np.float32)
+            return np.array([np.clip(acc / ACC_LIMIT, -1.0, 1.0), steer], dtype=np.float32)
         v = self.env.snapshot.ego_speed
         if acc > 0.5 and v < CRUISE:
             ia = 2
@@ -222,7 +224,7 @@ class Expert:
 
     def _random_action(self):
         if self.env.action_mode == "continuous":
-            return self.rng.uniform([-3.0, -1.0], [3.0, 1.0]).astype(np.float32)
+            return self.rng.uniform(-1.0, 1.0, 2).astype(np.float32)
         return int(self.rng.integers(len(ACC_VALUES) * len(self.env.task.steer_values)))
 
 

@@ -85,10 +85,11 @@ class Route:
     def reset(self) -> None:
         self.cursor = 0
 
-    def project(self, x: float, y: float) -> Projection:
-        """Project (x, y) on the route near the last projection (monotone along the route)."""
-        a = max(self.cursor - self.WINDOW_BACK, 0)
-        b = min(self.cursor + self.WINDOW_AHEAD, len(self.seg))
+    def project(self, x: float, y: float, *, search_all: bool = False) -> Projection:
+        """Project (x, y) on the route near the last projection (monotone along the route), or
+        on the whole route with ``search_all`` (at the start of an episode)."""
+        a = 0 if search_all else max(self.cursor - self.WINDOW_BACK, 0)
+        b = len(self.seg) if search_all else min(self.cursor + self.WINDOW_AHEAD, len(self.seg))
         p0 = self.points[a:b, :2]
         d = self.seg[a:b]
         t = np.clip(((x - p0[:, 0]) * d[:, 0] + (y - p0[:, 1]) * d[:, 1]) / self.seg_len2[a:b], 0.0, 1.0)

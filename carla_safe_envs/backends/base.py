@@ -43,6 +43,9 @@ class Pose:
     speed: float = 0.0  # initial forward speed [m/s]
 
 
+TRAFFIC_KINDS = ("none", "autopilot", "flow", "placed")
+
+
 @dataclass(frozen=True)
 class TrafficSpec:
     """Background traffic a task asks for; each backend realizes it its own way.
@@ -52,12 +55,14 @@ class TrafficSpec:
       ``"autopilot"`` ``count`` vehicles that follow lanes with car-following and lane
                       changes, spawned on ``lanes`` (lane indices of the RoadMap) within
                       ``radius`` metres of the ego start, and kept around the ego.
-      ``"flow"``      a stream of vehicles entering at ``spawn`` and following ``lanes``
-                      (the flow's lane path), with bumper-to-bumper gaps drawn uniformly
-                      from ``gap`` [m]; ``gap=None`` spawns nothing (difficulty "simple").
+      ``"flow"``      a stream of vehicles entering at ``spawn`` and following the
+                      straightest lane path from there, with bumper-to-bumper gaps drawn
+                      uniformly from ``gap`` [m]; ``gap=None`` spawns nothing ("simple").
+      ``"placed"``    one vehicle at each pose of ``placed`` (snapped to its lane), driving
+                      straight on at the pose's ``speed`` with car following: scripted scenes.
     """
 
-    kind: str = "none"
+    kind: str = "none"  # one of TRAFFIC_KINDS
     count: int = 0
     lanes: tuple[int, ...] = ()
     radius: float = 150.0  # [m]
@@ -68,6 +73,11 @@ class TrafficSpec:
     # (x, y, radius) [m] of a junction where traffic gives way to the ego: while the ego's
     # centre is inside, vehicles outside that can still stop comfortably wait at its edge.
     yield_zone: tuple[float, float, float] | None = None
+    placed: tuple[Pose, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in TRAFFIC_KINDS:
+            raise ValueError(f"unknown traffic kind {self.kind!r}: expected one of {list(TRAFFIC_KINDS)}")
 
 
 @dataclass(frozen=True)

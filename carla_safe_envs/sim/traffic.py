@@ -26,6 +26,7 @@ import numpy as np
 from carla_safe_envs.backends.base import DT, LENGTH, STATE_DIM, VX, VY, WIDTH, YAW, X, Y, Z, TrafficSpec
 from carla_safe_envs.junction import gap_to_zone, in_zone
 from carla_safe_envs.maps import RoadMap
+from carla_safe_envs.route import straightest_successor
 
 PLAN = 4  # lanes in each vehicle's look-ahead plan
 LOOKAHEAD = 60.0  # leader search range [m]
@@ -78,7 +79,7 @@ class Traffic:
 
     def __init__(self, road: RoadMap, spec: TrafficSpec, rng: np.random.Generator, ego: np.ndarray):
         self.road, self.spec, self.rng = road, spec, rng
-        cap = spec.count if spec.kind == "autopilot" else (32 if spec.kind == "flow" else 0)
+        cap = {"autopilot": spec.count, "flow": 32, "placed": len(spec.placed)}.get(spec.kind, 0)
         self.headway = np.full(cap, FLOW_T if spec.kind == "flow" else IDM_T)
         self.alive = np.zeros(cap, dtype=bool)
         self.lane = np.zeros(cap, dtype=np.int64)
@@ -100,6 +101,13 @@ class Traffic:
             self._spawn_autopilot(ego, np.arange(cap), min_dist=10.0)
         elif spec.kind == "flow":
             self._init_flow()
+        elif spec.kind == "placed":
+            for i, pose in enumerate(spec.placed):
+                lp = road.locate(pose.x, pose.y, pose.z, pose.yaw, radius=4.0)
+                if lp is None:
+                    raise ValueError(f"placed vehicle {pose} is not on a {road.town} lane heading its way")
+                self._new_vehicle(i, lp.lane, lp.s, pose.speed, pose.speed)
+                self.d[i] = lp.lateral
         self._update_states()
 
     # -------------------------------------------------------------- spawning
@@ -116,6 +124,9 @@ class Traffic:
                 self.plan[i, k] = self._random_successor(self.plan[i, k - 1])
 
     def _random_successor(self, lane: int) -> int:
+        """Autopilot vehicles pick a random successor at forks; placed ones go straight on."""
+        if self.spec.kind == "placed":
+            return straightest_successor(self.road, int(lane))
         succ = self.road.successors(int(lane))
         return int(succ[self.rng.integers(len(succ))]) if len(succ) else int(lane)
 
@@ -153,13 +164,8 @@ class Traffic:
         if lp is None:
             raise ValueError(f"flow spawn {spec.spawn} is not on a {road.town} lane")
         path, total = [lp.lane], road.lane_length[lp.lane] - lp.s
-        while total < 150.0:  # the straightest successor at each fork
-            succ = road.successors(path[-1])
-            if len(succ) == 0:
-                break
-            end_yaw = road.yaw[road.lane_start[path[-1] + 1] - 1]
-            turn = [abs(math.remainder(float(road.yaw[road.lane_start[j + 1] - 1] - end_yaw), math.tau)) for j in succ]
-            path.append(int(succ[int(np.argmin(turn))]))
+        while total < 150.0:
+            path.append(straightest_successor(road, path[-1]))
             total += road.lane_length[path[-1]]
         self._flow_path = path
         self._flow_s0 = lp.s
@@ -300,7 +306,7 @@ class Traffic:
                     self.alive[i] = False
                     break
                 self.plan[i, :-1] = self.plan[i, 1:]
-                self.plan[i, -1] = self._random_successor(self.plan[i, -2]) if self.spec.kind == "autopilot" else -1
+                self.plan[i, -1] = self._random_successor(self.plan[i, -2]) if self.spec.kind != "flow" else -1
                 if self.spec.kind == "flow":
                     self.plan[i] = self._flow_plan(int(nxt))
                 self.lane[i] = nxt
