@@ -18,10 +18,13 @@ with x to the right, y points down, so the world -> image map is a pure rotation
     col = ego_col + k * (d . right),   row = ego_row - k * (d . forward),   d = p - p_ego, k = px/m
 
 How it is fast (see DESIGN.md section 8): the road and its markings are rasterized once per
-town, px/m and level band into an RGBA layer (premultiplied over black, 4 channels because a
-3-channel ``warpAffine`` is much slower) and cached per process.  A frame is one
-``warpAffine`` of the ego's layer, the route ribbon, the vehicle boxes and the ego box drawn
-with antialiased ``fillPoly`` at sub-pixel precision, and one RGBA -> RGB conversion.
+town, px/m and level band into an RGBA layer (2x supersampled coverage, premultiplied over
+black; 4 channels because a 3-channel ``warpAffine`` is much slower), cropped to where an ego of
+that level can be and cached per process, so all renderers with the same px/m share it.  A frame
+is one bilinear ``warpAffine`` of the ego level's layer (reused while the ego stands still), the
+route ribbon, the vehicle boxes (one call each: a single fillPoly call would cut the overlap of
+two colliding boxes out, even-odd rule) and the ego box, drawn antialiased at 1/16 px, inset by
+the ~0.7 px that OpenCV's antialiasing adds around a shape; then RGBA -> RGB.
 
 Levels (bridges): band ``b`` holds lane geometry with ``|z - 4 b| < 4.5`` m and the ego uses
 band ``floor(z / 4 + 0.5)``, so the Town04 overpass (z = 11 m) is hidden from an ego on the
@@ -303,7 +306,8 @@ class BevRenderer:
         self._inset = -(_CORNER_W + _CORNER_L) * (_AA_INSET * _ONE)  # (4,) corners moved inwards
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_layers": {}, "_road_pose": None}  # layers: rebuilt or shared
+        # layers are rebuilt on the other side (or found in its process cache)
+        return {**self.__dict__, "_layers": {}, "_road_pose": None, "_road": None}
 
     @property
     def output_shape(self) -> tuple[int, int, int]:
@@ -369,7 +373,13 @@ class BevRenderer:
         return rgb  # (n * upscale, n * upscale, 3) uint8
 
     def _draw_vehicles(
-        self, out, others, rot: complex, base: complex, ze: float, yaw: float
+        self,
+        out: np.ndarray,
+        others: np.ndarray,
+        rot: complex,
+        base: complex,
+        ze: float,
+        yaw: float,
     ) -> None:
         others = np.asarray(others, dtype=np.float64)
         centre = _complex_xy(others) * rot + base  # (K,) [1/16 px]
@@ -386,12 +396,12 @@ class BevRenderer:
         )
         corners = centre[idx, None] + np.exp(1j * (v[:, YAW] - yaw))[:, None] * half  # (V, 4)
         color = (*VEHICLE_COLOR, 255)
-        # One box per call: a single fillPoly call fills by the even-odd rule, which would cut
-        # the overlap of two colliding boxes out (and the per-call cost is only ~1 us).
         for box in corners.view(np.float64).reshape(-1, 4, 2).astype(np.int32):
             cv2.fillConvexPoly(out, box, color, cv2.LINE_AA, _SHIFT)
 
-    def _draw_route(self, out, route, rot: complex, base: complex, ze: float) -> None:
+    def _draw_route(
+        self, out: np.ndarray, route: np.ndarray, rot: complex, base: complex, ze: float
+    ) -> None:
         route = np.asarray(route, dtype=np.float64)
         if route.ndim != 2 or route.shape[1] not in (2, 3):
             raise ValueError(f"route must have shape (R, 2) or (R, 3), got {route.shape}")

@@ -231,7 +231,8 @@ class CarlaSafeEnv(gym.Env):
             lateral_error=abs(proj.lateral),
             collision=snap.collision and not initial,
             collision_speed=snap.collision_speed,
-            off_road=not self.road.on_road(ego[X], ego[Y], ego[Z]),
+            # on the route's lane there is no need to search the map
+            off_road=abs(proj.lateral) > 0.5 * proj.width - 0.25 and not self.road.on_road(ego[X], ego[Y], ego[Z]),
             ttc=time_to_collision(ego, snap.others),
             arrived=(not initial) and self._waypoints >= len(self.route) - 1,
         )

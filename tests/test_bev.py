@@ -217,6 +217,16 @@ def test_overlapping_vehicles_are_filled_where_they_overlap(bev: BevRenderer) ->
     assert (img[EGO_ROW - 44 : EGO_ROW - 36, EGO_COL] == VEHICLE_COLOR).all()
 
 
+def test_standing_still_reuses_the_road_but_redraws_everything_else(bev: BevRenderer) -> None:
+    ego = state(*START, yaw=NORTH + 0.1)
+    first = bev.render(ego, state(5.8, 90.0)[None], np.array([[5.8, 95.0], [5.8, 80.0]]))
+    second = bev.render(ego, NO_CARS, None)
+    assert mask(first, VEHICLE_COLOR).any() and mask(first, ROUTE_COLOR, tol=60).any()
+    assert not mask(second, VEHICLE_COLOR).any() and not mask(second, ROUTE_COLOR, tol=60).any()
+    bev.render(state(*START), NO_CARS, None)  # another pose in between
+    np.testing.assert_array_equal(bev.render(ego, NO_CARS, None), second)
+
+
 def test_vehicles_off_the_view_are_skipped(bev: BevRenderer) -> None:
     far = np.stack([state(5.8, 0.0), state(200.0, 100.0)])
     np.testing.assert_array_equal(

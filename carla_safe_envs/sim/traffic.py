@@ -45,6 +45,7 @@ MOBIL_CALL = 5  # ...in batches, every 5 steps
 LATERAL_SPEED = 1.2  # [m/s] a 3.5 m lane change takes ~3 s
 SWEEP_TIME, SWEEP_MIN = 1.5, 4.0  # traffic yields to the ego's next 1.5 s of travel [s, m]
 SPAWN_SPACING = 12.0  # minimum centre distance between a spawned vehicle and any other [m]
+RESPAWN_PERIOD = 10  # far vehicles are re-spawned every 10 steps (1 s)
 VIEW_CLEARANCE = 40.0  # re-spawns happen at least this far from the ego (outside the BEV) [m]
 
 
@@ -220,58 +221,60 @@ class Traffic:
         return after, before
 
     def _leaders(self, ego: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Bumper gap [m] and speed [m/s] of each vehicle's leader (inf / v0 if none)."""
-        n = len(self.alive)
-        gap = np.full(n, np.inf)
-        lead_v = self.v0.copy()
-        idx = np.flatnonzero(self.alive)
-        if len(idx) == 0:
-            return gap, lead_v
-        plan = self.plan[idx]  # (A, P)
+        """Bumper gap [m] and speed [m/s] of each slot's leader (inf / v0 if none).
+
+        Computed over every slot (dead ones included, they are masked by the caller): fewer,
+        larger numpy calls are what makes the step fast.
+        """
+        plan = self.plan  # (N, P)
         valid = plan >= 0
-        lanes = np.maximum(plan, 0)
+        lanes = np.where(valid, plan, 0)
         plan_len = np.where(valid, self.road.lane_length[lanes], 0.0)
-        offset = np.cumsum(plan_len, axis=1) - plan_len - self.s[idx, None]  # lane start, ahead [m]
+        offset = np.cumsum(plan_len, axis=1) - plan_len - self.s[:, None]  # lane starts ahead [m]
         s_query = np.zeros(plan.shape)
-        s_query[:, 0] = self.s[idx] + 1e-6  # strictly ahead on the own lane
+        s_query[:, 0] = self.s + 1e-6  # strictly ahead on the own lane
         who, _ = self._first_at_or_after(lanes.ravel(), s_query.ravel())
         who = np.where(valid.ravel(), who, -1).reshape(plan.shape)
-        centre = np.where(who >= 0, offset + self.s[np.maximum(who, 0)], np.inf)
+        centre = np.where(who >= 0, offset + self.s[who], np.inf)
         k = np.argmin(centre, axis=1)  # the first plan lane holding a vehicle
-        rows = np.arange(len(idx))
+        rows = np.arange(len(plan))
         best, j = centre[rows, k], who[rows, k]
-        has = np.isfinite(best) & (best < LOOKAHEAD + 10.0)
-        gap[idx[has]] = best[has] - (self.length[idx[has]] + self.length[j[has]]) / 2
-        lead_v[idx[has]] = self.v[j[has]]
+        has = best < LOOKAHEAD + 10.0
+        gap = np.where(has, best - (self.length + self.length[j]) / 2, np.inf)
+        lead_v = np.where(has, self.v[j], self.v0)
         # The ego, when any part of its box is in the corridor ahead.  Vehicles outside a yield
         # zone also give way to where the ego is about to be (its box swept along its velocity);
         # those inside one are crossing the junction and react to the ego's box only.
         zone = self.spec.yield_zone
-        inside = in_zone(zone, self._xyz[idx, 0], self._xyz[idx, 1]) if zone is not None else np.zeros(len(idx), bool)
-        ego_gap = np.full(len(idx), np.inf)
-        for box, who in ((swept_box(ego), ~inside), (ego, inside)):
-            if not who.any():
+        inside = in_zone(zone, self._xyz[:, 0], self._xyz[:, 1]) if zone is not None else None
+        ego_gap = np.full(len(plan), np.inf)
+        for box, who in ((swept_box(ego), None if inside is None else ~inside), (ego, inside)):
+            if who is not None and not who.any():
                 continue
-            dx, dy = self._ego_in_frame(box, idx)
-            lon, lat = ego_extent(box, self._yaw[idx])
-            hit = who & (dx > 0) & (dx < LOOKAHEAD) & (np.abs(dy) < self.width[idx] / 2 + lat + 0.3)
-            ego_gap = np.where(hit, dx - self.length[idx] / 2 - lon, ego_gap)
-        closer = ego_gap < gap[idx]
+            dx, dy = self._ego_in_frame(box)
+            lon, lat = ego_extent(box, self._yaw)
+            hit = (dx > 0) & (dx < LOOKAHEAD) & (np.abs(dy) < self.width / 2 + lat + 0.3)
+            if who is not None:
+                hit &= who
+            ego_gap = np.where(hit, dx - self.length / 2 - lon, ego_gap)
+            if inside is None:
+                break
+        closer = ego_gap < gap
         if closer.any():
-            yaw = self._yaw[idx[closer]]
-            gap[idx[closer]] = ego_gap[closer]
-            lead_v[idx[closer]] = ego[VX] * np.cos(yaw) + ego[VY] * np.sin(yaw)
+            gap = np.where(closer, ego_gap, gap)
+            lead_v = np.where(closer, ego[VX] * self._cos + ego[VY] * self._sin, lead_v)
         if zone is not None and in_zone(zone, ego[X], ego[Y]):
-            wait = gap_to_zone(zone, self._states(idx))
-            stop = wait < gap[idx]
-            gap[idx[stop]] = wait[stop]
-            lead_v[idx[stop]] = 0.0
+            wait = gap_to_zone(zone, self._state)
+            stop = wait < gap
+            gap = np.where(stop, wait, gap)
+            lead_v = np.where(stop, 0.0, lead_v)
         return gap, lead_v
 
-    def _ego_in_frame(self, ego: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The ego's position in each vehicle's frame: ahead ``dx``, to the right ``dy`` [m]."""
+    def _ego_in_frame(self, ego: np.ndarray, idx=slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """The ego's position in each vehicle's frame: ahead ``dx``, to the right ``dy`` [m];
+        ``dx = inf`` for vehicles on another level (bridges)."""
         ex, ey = ego[X] - self._xyz[idx, 0], ego[Y] - self._xyz[idx, 1]
-        c, s = np.cos(self._yaw[idx]), np.sin(self._yaw[idx])
+        c, s = self._cos[idx], self._sin[idx]
         level = np.abs(ego[Z] - self._xyz[idx, 2]) < 3.0
         return np.where(level, ex * c + ey * s, np.inf), -ex * s + ey * c
 
@@ -290,7 +293,7 @@ class Traffic:
         self._advance_lanes()
         if self.spec.kind == "flow":
             self._feed_flow()
-        elif self.spec.kind == "autopilot":
+        elif self.spec.kind == "autopilot" and self.steps % RESPAWN_PERIOD == 0:
             self._respawn_far(ego)
         self.steps += 1
         self._update_states()
@@ -358,25 +361,20 @@ class Traffic:
 
     # ---------------------------------------------------------------- output
     def _update_states(self) -> None:
+        """Poses of every slot from (lane, s, d), kept as one (N, 8) state array."""
         xyz, yaw = self.road.poses_at(self.lane, self.s)
-        # lateral offset along the driver's right (-sin, cos)
-        xyz[:, 0] -= self.d * np.sin(yaw)
-        xyz[:, 1] += self.d * np.cos(yaw)
-        self._xyz, self._yaw = xyz, yaw
-
-    def positions(self) -> np.ndarray:
-        return self._xyz
+        c, s = np.cos(yaw), np.sin(yaw)
+        st = np.empty((len(yaw), STATE_DIM))
+        st[:, X] = xyz[:, 0] - self.d * s  # lateral offset along the driver's right (-sin, cos)
+        st[:, Y] = xyz[:, 1] + self.d * c
+        st[:, Z] = xyz[:, 2]
+        st[:, YAW] = yaw
+        st[:, VX] = self.v * c
+        st[:, VY] = self.v * s
+        st[:, LENGTH] = self.length
+        st[:, WIDTH] = self.width
+        self._state, self._xyz, self._yaw, self._cos, self._sin = st, st[:, X : Z + 1], yaw, c, s
 
     def states(self) -> np.ndarray:
         """(K, 8) states of the vehicles alive, in slot order."""
-        return self._states(np.flatnonzero(self.alive))
-
-    def _states(self, idx: np.ndarray) -> np.ndarray:
-        out = np.empty((len(idx), STATE_DIM))
-        out[:, [X, Y, Z]] = self._xyz[idx]
-        out[:, YAW] = self._yaw[idx]
-        out[:, VX] = self.v[idx] * np.cos(self._yaw[idx])
-        out[:, VY] = self.v[idx] * np.sin(self._yaw[idx])
-        out[:, LENGTH] = self.length[idx]
-        out[:, WIDTH] = self.width[idx]
-        return out
+        return self._state[self.alive]
