@@ -30,6 +30,7 @@ from carla_safe_envs.route import straightest_successor
 
 PLAN = 4  # lanes in each vehicle's look-ahead plan
 LOOKAHEAD = 60.0  # leader search range [m]
+_OWN_LANE = np.array([1.0] + [0.0] * (PLAN - 1))
 # IDM parameters (urban/highway mix, CARLA traffic-manager-like behaviour)
 IDM_A = 1.5  # maximum acceleration [m/s^2]
 IDM_B = 2.0  # comfortable deceleration [m/s^2]
@@ -226,19 +227,21 @@ class Traffic:
         Computed over every slot (dead ones included, they are masked by the caller): fewer,
         larger numpy calls are what makes the step fast.
         """
-        plan = self.plan  # (N, P)
+        road, plan = self.road, self.plan  # (N, P)
         valid = plan >= 0
         lanes = np.where(valid, plan, 0)
-        plan_len = np.where(valid, self.road.lane_length[lanes], 0.0)
+        plan_len = road.lane_length[lanes] * valid
         offset = np.cumsum(plan_len, axis=1) - plan_len - self.s[:, None]  # lane starts ahead [m]
-        s_query = np.zeros(plan.shape)
-        s_query[:, 0] = self.s + 1e-6  # strictly ahead on the own lane
-        who, _ = self._first_at_or_after(lanes.ravel(), s_query.ravel())
-        who = np.where(valid.ravel(), who, -1).reshape(plan.shape)
-        centre = np.where(who >= 0, offset + self.s[who], np.inf)
-        k = np.argmin(centre, axis=1)  # the first plan lane holding a vehicle
-        rows = np.arange(len(plan))
-        best, j = centre[rows, k], who[rows, k]
+        base = road.lane_base[lanes]
+        # the first vehicle at or after s on each plan lane: s just ahead on the own lane, 0 after
+        q = base + (self.s[:, None] + 1e-6) * _OWN_LANE[: plan.shape[1]]
+        k = np.searchsorted(self._g_sorted, q, side="left")
+        who = self._g_who[k]
+        found = valid & (self._g_sorted[k] <= base + plan_len + 1.0)
+        centre = np.where(found, offset + self.s[who], np.inf)
+        first = np.argmin(centre, axis=1)[:, None]  # the first plan lane holding a vehicle
+        best = np.take_along_axis(centre, first, axis=1)[:, 0]
+        j = np.take_along_axis(who, first, axis=1)[:, 0]
         has = best < LOOKAHEAD + 10.0
         gap = np.where(has, best - (self.length + self.length[j]) / 2, np.inf)
         lead_v = np.where(has, self.v[j], self.v0)
