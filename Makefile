@@ -24,6 +24,7 @@ run: $(STAMP)
 	$(PY) -m carla_safe_envs.expert --all-tasks --episodes 3 --seed 0 --video-dir runs
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
 
 bench: $(STAMP)

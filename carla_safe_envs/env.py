@@ -59,7 +59,18 @@ import numpy as np
 from gymnasium import spaces
 
 from carla_safe_envs.backends import make_backend
-from carla_safe_envs.backends.base import DT, VX, VY, Control, Pose, TrafficSpec, WorldSnapshot, X, Y, Z
+from carla_safe_envs.backends.base import (
+    DT,
+    VX,
+    VY,
+    Control,
+    Pose,
+    TrafficSpec,
+    WorldSnapshot,
+    X,
+    Y,
+    Z,
+)
 from carla_safe_envs.bev import BevRenderer
 from carla_safe_envs.geometry import time_to_collision
 from carla_safe_envs.maps import load_town
@@ -98,7 +109,8 @@ def reward_terms(sig: StepSignals) -> dict[str, float]:
     e = sig.lateral_error
     return {
         "waypoint": 2.0 * sig.new_waypoints,
-        "speed": 0.5 * (DESIRED_SPEED - abs(sig.v_long - DESIRED_SPEED) - 2.0 * min(abs(sig.v_lat), 0.5)),
+        "speed": 0.5
+        * (DESIRED_SPEED - abs(sig.v_long - DESIRED_SPEED) - 2.0 * min(abs(sig.v_lat), 0.5)),
         "collision": -30.0 * sig.collision_speed if sig.collision else 0.0,
         "out_of_lane": -3.0 * (e - LANE_TOLERANCE) if e > LANE_TOLERANCE else 0.0,
         "arrival": 20.0 if sig.arrived else 0.0,
@@ -133,9 +145,13 @@ class CarlaSafeEnv(gym.Env):
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}: expected one of {sorted(TASKS)}")
         if action_mode not in ACTION_MODES:
-            raise ValueError(f"unknown action_mode {action_mode!r}: expected one of {list(ACTION_MODES)}")
+            raise ValueError(
+                f"unknown action_mode {action_mode!r}: expected one of {list(ACTION_MODES)}"
+            )
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"unsupported render_mode {render_mode!r}: expected None or 'rgb_array'")
+            raise ValueError(
+                f"unsupported render_mode {render_mode!r}: expected None or 'rgb_array'"
+            )
         task_cls = TASKS[task]
         self.road = load_town(task_cls.town)
         self.task = task_cls(self.road, **task_options)
@@ -160,19 +176,34 @@ class CarlaSafeEnv(gym.Env):
         if self.action_mode == "discrete":
             a = np.asarray(action)
             if a.shape not in ((), (1,)) or not np.issubdtype(a.dtype, np.integer):
-                raise ValueError(f"discrete action must be one integer in [0, {self.action_space.n}), got {action!r}")
+                raise ValueError(
+                    f"discrete action must be one integer in [0, {self.action_space.n}), got {action!r}"
+                )
             i = int(a.reshape(()))
             if not 0 <= i < self.action_space.n:
-                raise ValueError(f"discrete action {i} is out of range: expected 0 <= action < {self.action_space.n}")
-            acc, steer = ACC_VALUES[i // len(self.task.steer_values)], self.task.steer_values[i % len(self.task.steer_values)]
+                raise ValueError(
+                    f"discrete action {i} is out of range: expected 0 <= action < {self.action_space.n}"
+                )
+            acc, steer = (
+                ACC_VALUES[i // len(self.task.steer_values)],
+                self.task.steer_values[i % len(self.task.steer_values)],
+            )
         else:
             a = np.asarray(action, dtype=np.float64)
             if a.shape != (2,) or not np.all(np.isfinite(a)):
-                raise ValueError(f"continuous action must be a finite (acc, steer) pair of shape (2,), got {action!r}")
+                raise ValueError(
+                    f"continuous action must be a finite (acc, steer) pair of shape (2,), got {action!r}"
+                )
             if np.any(np.abs(a) > 1.0 + 1e-6):
-                raise ValueError(f"continuous action {a.tolist()} is out of range: expected both components in [-1, 1]")
+                raise ValueError(
+                    f"continuous action {a.tolist()} is out of range: expected both components in [-1, 1]"
+                )
             acc, steer = ACC_LIMIT * float(a[0]), float(a[1])
-        return Control(throttle=min(max(acc / 3.0, 0.0), 1.0), brake=min(max(-acc / 3.0, 0.0), 1.0), steer=steer)
+        return Control(
+            throttle=min(max(acc / 3.0, 0.0), 1.0),
+            brake=min(max(-acc / 3.0, 0.0), 1.0),
+            steer=steer,
+        )
 
     # -------------------------------------------------------------------- API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -182,11 +213,15 @@ class CarlaSafeEnv(gym.Env):
         options = dict(options or {})
         unknown = sorted(set(options) - set(RESET_OPTIONS))
         if unknown:
-            raise ValueError(f"unknown reset option(s) {unknown}: expected {list(RESET_OPTIONS)} (task options go to gym.make)")
+            raise ValueError(
+                f"unknown reset option(s) {unknown}: expected {list(RESET_OPTIONS)} (task options go to gym.make)"
+            )
         scenario, self.route = self.task.episode(self.np_random)
         for key, expected in RESET_OPTIONS.items():
             if key in options and not isinstance(options[key], expected):
-                raise TypeError(f"reset option {key!r} must be a {expected.__name__}, got {type(options[key]).__name__}")
+                raise TypeError(
+                    f"reset option {key!r} must be a {expected.__name__}, got {type(options[key]).__name__}"
+                )
         if options:
             scenario = dataclasses.replace(scenario, **options)
         self.scenario = scenario
@@ -196,7 +231,9 @@ class CarlaSafeEnv(gym.Env):
         self._distance = 0.0
         proj = self.route.project(self.snapshot.ego[X], self.snapshot.ego[Y], search_all=True)
         self._projection = proj
-        info = self._info(self._signals(self.snapshot, proj, new_waypoints=0, initial=True), reward={}, cost={})
+        info = self._info(
+            self._signals(self.snapshot, proj, new_waypoints=0, initial=True), reward={}, cost={}
+        )
         return self._observe(), info
 
     def step(self, action):
@@ -220,7 +257,9 @@ class CarlaSafeEnv(gym.Env):
         info["off_route"] = off_route
         return self._observe(), reward, terminated, False, info
 
-    def _signals(self, snap: WorldSnapshot, proj, *, new_waypoints: int, initial: bool = False) -> StepSignals:
+    def _signals(
+        self, snap: WorldSnapshot, proj, *, new_waypoints: int, initial: bool = False
+    ) -> StepSignals:
         ego = snap.ego
         c, s = math.cos(proj.yaw), math.sin(proj.yaw)
         return StepSignals(
@@ -232,7 +271,8 @@ class CarlaSafeEnv(gym.Env):
             collision=snap.collision and not initial,
             collision_speed=snap.collision_speed,
             # on the route's lane there is no need to search the map
-            off_road=abs(proj.lateral) > 0.5 * proj.width - 0.25 and not self.road.on_road(ego[X], ego[Y], ego[Z]),
+            off_road=abs(proj.lateral) > 0.5 * proj.width - 0.25
+            and not self.road.on_road(ego[X], ego[Y], ego[Z]),
             ttc=time_to_collision(ego, snap.others),
             arrived=(not initial) and self._waypoints >= len(self.route) - 1,
         )
@@ -266,7 +306,9 @@ class CarlaSafeEnv(gym.Env):
     def render(self):
         """A 512 x 512 BEV of the last state (64 m x 64 m) when ``render_mode="rgb_array"``."""
         if self.render_mode is None:
-            gym.logger.warn("render() called with render_mode=None; pass render_mode='rgb_array' to gym.make")
+            gym.logger.warn(
+                "render() called with render_mode=None; pass render_mode='rgb_array' to gym.make"
+            )
             return None
         if self.snapshot is None:
             raise gym.error.ResetNeeded("call reset() before render()")

@@ -34,8 +34,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from carla_safe_envs.env import ACC_LIMIT
 from carla_safe_envs.backends.base import EGO_LENGTH, LENGTH, VX, VY, WIDTH, YAW, X, Y
+from carla_safe_envs.env import ACC_LIMIT
 from carla_safe_envs.geometry import boxes_overlap
 from carla_safe_envs.junction import gap_to_zone, in_zone
 from carla_safe_envs.metrics import EpisodeRecorder, aggregate, format_table
@@ -108,7 +108,10 @@ class Expert:
             pts = route.points[i0 : i0 + 40, :2]  # the next 40 m of route
             d2 = ((others[:, None, :2] - pts[None, :, :]) ** 2).sum(-1)  # (K, W)
             k = d2.argmin(axis=1)
-            near = np.sqrt(d2[np.arange(len(others)), k]) < (others[:, WIDTH] + snap.ego[WIDTH]) / 2 + 0.3
+            near = (
+                np.sqrt(d2[np.arange(len(others)), k])
+                < (others[:, WIDTH] + snap.ego[WIDTH]) / 2 + 0.3
+            )
             seg = np.minimum(k + i0, len(route.seg_yaw) - 1)
             near &= np.cos(others[:, YAW] - route.seg_yaw[seg]) > 0.7  # going our way, not crossing
             along = k + i0 - progress  # [m], waypoints are 1 m apart
@@ -121,7 +124,9 @@ class Expert:
         s_star = IDM_S0 + max(v * IDM_T + v * (v - lead_v) / (2 * math.sqrt(IDM_A * IDM_B)), 0.0)
         return IDM_A * (1.0 - (v / CRUISE) ** 4 - (s_star / max(gap, 0.1)) ** 2)
 
-    def _conflict_time(self, progress: float, v: float, acc: float, switch: float = math.inf) -> float:
+    def _conflict_time(
+        self, progress: float, v: float, acc: float, switch: float = math.inf
+    ) -> float:
         """First sampled time at which the ego, driving the route with ``acc`` until ``switch``
         seconds and braking (``STOP``) after, with its speed kept in [0, CRUISE + 1], comes
         within the margin of another vehicle (``inf``: no conflict).
@@ -177,7 +182,9 @@ class Expert:
                 to_edge = np.minimum(to_edge, gap_to_zone(zone, moved))
             decel = np.where(braking, OTHERS_BRAKE, 0.0)
             stopping = np.isfinite(to_edge)
-            decel[stopping] = np.maximum(decel[stopping], their_v[stopping] ** 2 / (2 * np.maximum(to_edge[stopping], 0.05)))
+            decel[stopping] = np.maximum(
+                decel[stopping], their_v[stopping] ** 2 / (2 * np.maximum(to_edge[stopping], 0.05))
+            )
             step = np.maximum(their_v - decel * h, 0.0)
             dist = (their_v + step) * h / 2
             their_v = step
@@ -186,13 +193,20 @@ class Expert:
             moved[:, Y] += dist * hy
             moved[:, VX], moved[:, VY] = their_v * hx, their_v * hy
             moving = their_v > 1.0
-            if (boxes_overlap(box, moved) & moving).any() or (boxes_overlap(tight, moved) & ~moving).any():
+            if (boxes_overlap(box, moved) & moving).any() or (
+                boxes_overlap(tight, moved) & ~moving
+            ).any():
                 return n * h
         if speed == 0.0:  # stopped at the end: not in the path of moving traffic (no deadlock)
             ex, ey = box[X] - moved[:, X], box[Y] - moved[:, Y]
             dx, dy = ex * hx + ey * hy, -ex * hy + ey * hx
             lon, lat = ego_extent(box, others[:, YAW])
-            if ((dx > 0) & (dx < 40.0) & (np.abs(dy) < half + lat) & (np.hypot(others[:, VX], others[:, VY]) > 1.0)).any():
+            if (
+                (dx > 0)
+                & (dx < 40.0)
+                & (np.abs(dy) < half + lat)
+                & (np.hypot(others[:, VX], others[:, VY]) > 1.0)
+            ).any():
                 return HORIZON
         return math.inf
 
@@ -274,21 +288,33 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> None:
 def main(argv: list[str] | None = None) -> int:
     import carla_safe_envs  # noqa: PLC0415 - registers the ids
 
-    parser = argparse.ArgumentParser(prog="python -m carla_safe_envs.expert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m carla_safe_envs.expert", description=__doc__.split("\n\n")[0]
+    )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--task", choices=carla_safe_envs.TASK_IDS, help="environment id")
     target.add_argument("--all-tasks", action="store_true", help="every task in turn")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--noise", type=float, default=0.0, help="probability of a random-action burst per step")
-    parser.add_argument("--difficulty", choices=("simple", "medium", "hard"), help="Left/Right Turn only")
+    parser.add_argument(
+        "--noise", type=float, default=0.0, help="probability of a random-action burst per step"
+    )
+    parser.add_argument(
+        "--difficulty", choices=("simple", "medium", "hard"), help="Left/Right Turn only"
+    )
     parser.add_argument("--action-mode", choices=("discrete", "continuous"), default="discrete")
-    parser.add_argument("--video-dir", type=Path, help="write a BEV video of the first episode per task here")
+    parser.add_argument(
+        "--video-dir", type=Path, help="write a BEV video of the first episode per task here"
+    )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error("--episodes must be >= 1")
-    logging.basicConfig(level=logging.INFO if not args.json else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if not args.json else logging.WARNING,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
     tasks = carla_safe_envs.TASK_IDS if args.all_tasks else (args.task,)
     rows = {}
     for env_id in tasks:
@@ -301,7 +327,14 @@ def main(argv: list[str] | None = None) -> int:
                 kwargs["difficulty"] = args.difficulty
         video = args.video_dir / f"{env_id}.mp4" if args.video_dir else None
         t0 = time.perf_counter()
-        rows[env_id] = run_episodes(env_id, episodes=args.episodes, seed=args.seed, noise=args.noise, video_path=video, **kwargs)
+        rows[env_id] = run_episodes(
+            env_id,
+            episodes=args.episodes,
+            seed=args.seed,
+            noise=args.noise,
+            video_path=video,
+            **kwargs,
+        )
         log.info("%s: %d episodes in %.1f s", env_id, args.episodes, time.perf_counter() - t0)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from carla_safe_envs.backends.base import LENGTH, VX, VY, X, Y, YAW
+from carla_safe_envs.backends.base import LENGTH, VX, VY, YAW, X, Y
 
 YIELD_DECEL = 5.0  # the hardest braking a vehicle accepts to give way [m/s^2]
 STOP_MARGIN = 1.0  # stop this far before the zone's edge [m]

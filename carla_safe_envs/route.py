@@ -23,11 +23,17 @@ def resample(points: np.ndarray, step: float = WAYPOINT_SPACING) -> np.ndarray:
     keep = np.concatenate([[True], seg > 1e-6])
     points, arc = points[keep], np.concatenate([[0.0], np.cumsum(seg[seg > 1e-6])])
     n = max(int(arc[-1] // step), 1)
-    at = np.append(np.arange(n + 1) * step, arc[-1]) if arc[-1] - n * step > 0.25 * step else np.arange(n + 1) * step
+    at = (
+        np.append(np.arange(n + 1) * step, arc[-1])
+        if arc[-1] - n * step > 0.25 * step
+        else np.arange(n + 1) * step
+    )
     return np.stack([np.interp(at, arc, points[:, k]) for k in range(points.shape[1])], axis=1)
 
 
-def lane_polyline(road: RoadMap, lanes: list[int], s_start: float, s_end: float | None = None) -> np.ndarray:
+def lane_polyline(
+    road: RoadMap, lanes: list[int], s_start: float, s_end: float | None = None
+) -> np.ndarray:
     """Centre line ``(N, 3)`` along consecutive ``lanes`` from ``s_start`` on the first lane to
     ``s_end`` on the last (its end when ``None``)."""
     parts = []
@@ -47,7 +53,9 @@ def straightest_successor(road: RoadMap, lane: int) -> int:
     """The successor of ``lane`` that turns least (where the road goes straight on)."""
     succ = road.successors(lane)
     end_yaw = float(road.yaw[road.lane_start[lane + 1] - 1])
-    turns = [abs(math.remainder(float(road.yaw[road.lane_start[j]]) - end_yaw, math.tau)) for j in succ]
+    turns = [
+        abs(math.remainder(float(road.yaw[road.lane_start[j]]) - end_yaw, math.tau)) for j in succ
+    ]
     return int(succ[int(np.argmin(turns))])
 
 
@@ -92,7 +100,9 @@ class Route:
         b = len(self.seg) if search_all else min(self.cursor + self.WINDOW_AHEAD, len(self.seg))
         p0 = self.points[a:b, :2]
         d = self.seg[a:b]
-        t = np.clip(((x - p0[:, 0]) * d[:, 0] + (y - p0[:, 1]) * d[:, 1]) / self.seg_len2[a:b], 0.0, 1.0)
+        t = np.clip(
+            ((x - p0[:, 0]) * d[:, 0] + (y - p0[:, 1]) * d[:, 1]) / self.seg_len2[a:b], 0.0, 1.0
+        )
         qx, qy = p0[:, 0] + t * d[:, 0], p0[:, 1] + t * d[:, 1]
         dist2 = (x - qx) ** 2 + (y - qy) ** 2
         k = int(np.argmin(dist2))
@@ -100,7 +110,12 @@ class Route:
         self.cursor = i
         n = math.sqrt(self.seg_len2[i])
         lateral = ((x - qx[k]) * -d[k, 1] + (y - qy[k]) * d[k, 0]) / n
-        return Projection(progress=i + float(t[k]), lateral=lateral, yaw=float(self.seg_yaw[i]), width=float(self.width[i]))
+        return Projection(
+            progress=i + float(t[k]),
+            lateral=lateral,
+            yaw=float(self.seg_yaw[i]),
+            width=float(self.width[i]),
+        )
 
     def ahead(self, progress: float, back: int = 12, forward: int = 40) -> np.ndarray:
         """Waypoints from ``back`` behind to ``forward`` ahead of ``progress`` (for drawing)."""

@@ -32,7 +32,9 @@ def four_lane_scene(ego_speed=0.0, ego_dx=0.0, placed=()):
 
 def test_collision_reward_cost_and_termination():
     # a stopped car 10 m ahead, the ego coasting at 8 m/s: it hits within ~1 s
-    env, _, _ = four_lane_scene(ego_speed=8.0, placed=[Pose(LANE_X, START_Y - 10.0, NORTH, speed=0.0)])
+    env, _, _ = four_lane_scene(
+        ego_speed=8.0, placed=[Pose(LANE_X, START_Y - 10.0, NORTH, speed=0.0)]
+    )
     for _ in range(30):
         _, reward, terminated, truncated, info = env.step(COAST)
         if terminated:
@@ -71,7 +73,9 @@ def test_time_limit_truncates_not_terminates():
 
 def test_ttc_cost_for_a_closing_vehicle():
     # a car 20 m ahead at rest, the ego at 10 m/s: bumper gap ~15.3 m, TTC ~1.5 s
-    env, _, info = four_lane_scene(ego_speed=10.0, placed=[Pose(LANE_X, START_Y - 20.0, NORTH, speed=0.0)])
+    env, _, info = four_lane_scene(
+        ego_speed=10.0, placed=[Pose(LANE_X, START_Y - 20.0, NORTH, speed=0.0)]
+    )
     assert info["cost"] == 0.0  # zero at reset whatever the scene
     _, _, _, _, info = env.step(COAST)
     assert 1.2 < info["ttc"] < 1.8 and info["cost_terms"]["ttc"] == 1.0

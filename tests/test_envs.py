@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 import warnings
 
 import gymnasium as gym
@@ -22,7 +24,12 @@ INFO_KEYS = {
 
 
 def test_registered_ids():
-    assert IDS == ("CarlaFourLane-v0", "CarlaLeftTurn-v0", "CarlaRightTurn-v0", "CarlaNavigation-v0")
+    assert IDS == (
+        "CarlaFourLane-v0",
+        "CarlaLeftTurn-v0",
+        "CarlaRightTurn-v0",
+        "CarlaNavigation-v0",
+    )
     for env_id in IDS:
         spec = gym.spec(env_id)
         assert spec.max_episode_steps == 500
@@ -30,9 +37,14 @@ def test_registered_ids():
 
 
 def test_make_with_module_prefix_without_prior_import():
-    env = gym.make("carla_safe_envs:CarlaLeftTurn-v0")
-    assert env.observation_space.shape == (128, 128, 3)
-    env.close()
+    code = (
+        "import sys, gymnasium as gym\n"
+        "assert 'carla_safe_envs' not in sys.modules\n"
+        "env = gym.make('carla_safe_envs:CarlaLeftTurn-v0')\n"
+        "print(env.spec.id, env.observation_space.shape)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "CarlaLeftTurn-v0 (128, 128, 3)"
 
 
 @pytest.mark.parametrize("mode", MODES)

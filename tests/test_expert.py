@@ -31,7 +31,9 @@ def test_expert_drives_navigation_without_collision():
 
 
 def test_expert_continuous_mode():
-    m = run_episodes("CarlaRightTurn-v0", episodes=1, seed=0, action_mode="continuous", difficulty="simple")
+    m = run_episodes(
+        "CarlaRightTurn-v0", episodes=1, seed=0, action_mode="continuous", difficulty="simple"
+    )
     assert m["AR"] == 1.0
 
 
@@ -57,7 +59,19 @@ def test_bad_noise():
 
 
 def test_cli_json_and_video(tmp_path, capsys):
-    rc = main(["--task", "CarlaRightTurn-v0", "--episodes", "1", "--difficulty", "simple", "--json", "--video-dir", str(tmp_path)])
+    rc = main(
+        [
+            "--task",
+            "CarlaRightTurn-v0",
+            "--episodes",
+            "1",
+            "--difficulty",
+            "simple",
+            "--json",
+            "--video-dir",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     row = out["CarlaRightTurn-v0"]

@@ -14,7 +14,9 @@ from carla_safe_envs.backends.base import Backend
 BACKENDS: dict[str, str] = {
     "sim": "carla_safe_envs.sim.backend:SimBackend",
 }
-_PLANNED = {"carla": "the CARLA server backend is not available yet (tracked as issue 8); use backend='sim'"}
+_PLANNED = {
+    "carla": "the CARLA server backend is not available yet (tracked as issue 8); use backend='sim'"
+}
 
 
 def make_backend(name: str, **options) -> Backend:

@@ -77,7 +77,9 @@ class TrafficSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in TRAFFIC_KINDS:
-            raise ValueError(f"unknown traffic kind {self.kind!r}: expected one of {list(TRAFFIC_KINDS)}")
+            raise ValueError(
+                f"unknown traffic kind {self.kind!r}: expected one of {list(TRAFFIC_KINDS)}"
+            )
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,16 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 TOWNS = ("Town03", "Town04")
 
 # Marking codes stored per point; index = code.
-MARK_TYPES = ("NONE", "Broken", "Solid", "SolidSolid", "SolidBroken", "BrokenSolid", "BrokenBroken", "Other")
+MARK_TYPES = (
+    "NONE",
+    "Broken",
+    "Solid",
+    "SolidSolid",
+    "SolidBroken",
+    "BrokenSolid",
+    "BrokenBroken",
+    "Other",
+)
 MARK_COLORS = ("White", "Yellow")
 
 log = logging.getLogger(__name__)
@@ -94,13 +103,17 @@ def compile_town(carla, name: str, xodr_text: str, step: float = 1.0) -> dict[st
     lane_start = [0]
     meta = {"lane_road": [], "lane_section": [], "lane_id": [], "lane_junction": []}
     for wps in lanes:
-        xyz = np.array([[w.transform.location.x, w.transform.location.y, w.transform.location.z] for w in wps])
+        xyz = np.array(
+            [[w.transform.location.x, w.transform.location.y, w.transform.location.z] for w in wps]
+        )
         seg = np.linalg.norm(np.diff(xyz[:, :2], axis=0), axis=1)
         pts.append(xyz)
         yaw.extend(_wrap(math.radians(w.transform.rotation.yaw)) for w in wps)
         width.extend(w.lane_width for w in wps)
         s_arc.append(np.concatenate([[0.0], np.cumsum(seg)]))
-        marks.extend((*_mark_code(w.left_lane_marking), *_mark_code(w.right_lane_marking)) for w in wps)
+        marks.extend(
+            (*_mark_code(w.left_lane_marking), *_mark_code(w.right_lane_marking)) for w in wps
+        )
         lane_start.append(lane_start[-1] + len(wps))
         w0 = wps[len(wps) // 2]
         meta["lane_road"].append(w0.road_id)
@@ -155,15 +168,22 @@ def main(argv: list[str] | None = None) -> None:
     for town in args.towns:
         src = DATA_DIR / f"{town}.xodr.gz"
         if not src.exists():
-            raise FileNotFoundError(f"{src} not found: copy the OpenDRIVE file there (gzip-compressed).")
+            raise FileNotFoundError(
+                f"{src} not found: copy the OpenDRIVE file there (gzip-compressed)."
+            )
         t0 = time.perf_counter()
         arrays = compile_town(carla, town, gzip.open(src, "rt").read(), step=args.step)
         dst = DATA_DIR / f"{town}.npz"
         np.savez_compressed(dst, **arrays)
         log.info(
             "%s: %d lanes, %d points, %d links -> %s (%.1f kB, %.1f s)",
-            town, len(arrays["lane_start"]) - 1, len(arrays["pts"]), len(arrays["succ"]),
-            dst.name, dst.stat().st_size / 1e3, time.perf_counter() - t0,
+            town,
+            len(arrays["lane_start"]) - 1,
+            len(arrays["pts"]),
+            len(arrays["succ"]),
+            dst.name,
+            dst.stat().st_size / 1e3,
+            time.perf_counter() - t0,
         )
 
 

@@ -50,16 +50,23 @@ class RoadMap:
             setattr(self, key, value)
         self.n_lanes = len(self.lane_start) - 1
         # lane of each point
-        self.point_lane = np.repeat(np.arange(self.n_lanes, dtype=np.int32), np.diff(self.lane_start))
+        self.point_lane = np.repeat(
+            np.arange(self.n_lanes, dtype=np.int32), np.diff(self.lane_start)
+        )
         self.lane_length = self.s[self.lane_start[1:] - 1].astype(np.float64)
         self.lane_z = np.array(
-            [self.pts[a:b, 2].mean() for a, b in zip(self.lane_start[:-1], self.lane_start[1:])]
+            [
+                self.pts[a:b, 2].mean()
+                for a, b in zip(self.lane_start[:-1], self.lane_start[1:], strict=True)
+            ]
         )
         xy = self.pts[:, :2].astype(np.float64)
         self.bounds = (xy.min(0) - 20.0, xy.max(0) + 20.0)  # (xmin, ymin), (xmax, ymax) [m]
         # Spatial index: points bucketed in _GRID cells, cells in CSR order (x-major).
         self._origin = self.bounds[0]
-        self._nx, self._ny = (np.ceil((self.bounds[1] - self._origin) / _GRID).astype(int) + 1).tolist()
+        self._nx, self._ny = (
+            np.ceil((self.bounds[1] - self._origin) / _GRID).astype(int) + 1
+        ).tolist()
         cells = np.floor((xy - self._origin) / _GRID).astype(np.int64)
         cid = cells[:, 0] * self._ny + cells[:, 1]
         self._order = np.argsort(cid, kind="stable")
@@ -196,7 +203,9 @@ class RoadMap:
         return LanePoint(lane, j, s, lateral, dist, herr)
 
     # ------------------------------------------------------------------ graph
-    def shortest_path(self, start: int, goal: int, *, lane_change_cost: float | None = None) -> list[int]:
+    def shortest_path(
+        self, start: int, goal: int, *, lane_change_cost: float | None = None
+    ) -> list[int]:
         """Lanes from ``start`` to ``goal`` following successors (Dijkstra on lane length).
 
         With ``lane_change_cost`` set, moving to a same-direction neighbour is allowed at that
@@ -213,7 +222,11 @@ class RoadMap:
                 continue
             edges = [(int(v), self.lane_length[u]) for v in self.successors(u)]
             if lane_change_cost is not None:
-                edges += [(int(v), lane_change_cost) for v in (self.lane_left[u], self.lane_right[u]) if v >= 0]
+                edges += [
+                    (int(v), lane_change_cost)
+                    for v in (self.lane_left[u], self.lane_right[u])
+                    if v >= 0
+                ]
             for v, w in edges:
                 nd = d + w
                 if nd < dist.get(v, np.inf):
@@ -228,7 +241,7 @@ class RoadMap:
         return path[::-1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_town(town: str) -> RoadMap:
     """The compiled geometry of ``town`` (cached per process)."""
     path = DATA_DIR / f"{town}.npz"

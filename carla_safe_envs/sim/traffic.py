@@ -23,7 +23,19 @@ import math
 
 import numpy as np
 
-from carla_safe_envs.backends.base import DT, LENGTH, STATE_DIM, VX, VY, WIDTH, YAW, X, Y, Z, TrafficSpec
+from carla_safe_envs.backends.base import (
+    DT,
+    LENGTH,
+    STATE_DIM,
+    VX,
+    VY,
+    WIDTH,
+    YAW,
+    TrafficSpec,
+    X,
+    Y,
+    Z,
+)
 from carla_safe_envs.junction import gap_to_zone, in_zone
 from carla_safe_envs.maps import RoadMap
 from carla_safe_envs.route import straightest_successor
@@ -36,7 +48,9 @@ IDM_A = 1.5  # maximum acceleration [m/s^2]
 IDM_B = 2.0  # comfortable deceleration [m/s^2]
 IDM_S0 = 2.5  # standstill gap [m]
 IDM_T = 1.0  # time headway of autopilot vehicles [s]
-FLOW_T = 0.5  # time headway in junction flows: they keep their gaps as CARLA's traffic manager does [s]
+FLOW_T = (
+    0.5  # time headway in junction flows: they keep their gaps as CARLA's traffic manager does [s]
+)
 MAX_DECEL = 8.0  # physical braking limit [m/s^2]
 # MOBIL
 MOBIL_GAIN = 0.3  # required acceleration advantage [m/s^2]
@@ -99,7 +113,9 @@ class Traffic:
         if spec.kind == "autopilot":
             if spec.lanes:
                 lanes = np.asarray(spec.lanes)
-                self._pool = np.concatenate([np.arange(road.lane_start[i], road.lane_start[i + 1]) for i in lanes])
+                self._pool = np.concatenate(
+                    [np.arange(road.lane_start[i], road.lane_start[i + 1]) for i in lanes]
+                )
             self._spawn_autopilot(ego, np.arange(cap), min_dist=10.0)
         elif spec.kind == "flow":
             self._init_flow()
@@ -107,7 +123,9 @@ class Traffic:
             for i, pose in enumerate(spec.placed):
                 lp = road.locate(pose.x, pose.y, pose.z, pose.yaw, radius=4.0)
                 if lp is None:
-                    raise ValueError(f"placed vehicle {pose} is not on a {road.town} lane heading its way")
+                    raise ValueError(
+                        f"placed vehicle {pose} is not on a {road.town} lane heading its way"
+                    )
                 self._new_vehicle(i, lp.lane, lp.s, pose.speed, pose.speed)
                 self.d[i] = lp.lateral
         self._update_states()
@@ -147,7 +165,9 @@ class Traffic:
         for i in slots:
             tries = pool[self.rng.integers(len(pool), size=16)]
             q = road.pts[tries, :2].astype(np.float64)
-            free = (((q[:, None, :] - taken[None, :, :]) ** 2).sum(-1) >= SPAWN_SPACING**2).all(axis=1)
+            free = (((q[:, None, :] - taken[None, :, :]) ** 2).sum(-1) >= SPAWN_SPACING**2).all(
+                axis=1
+            )
             if not free.any():
                 continue
             j = int(tries[np.argmax(free)])
@@ -194,11 +214,19 @@ class Traffic:
         if self.spec.gap is None:
             return
         on_first = self.alive & (self.lane == self._flow_path[0])
-        last_s = self.s[on_first] - self.length[on_first] / 2 if on_first.any() else np.array([np.inf])
+        last_s = (
+            self.s[on_first] - self.length[on_first] / 2 if on_first.any() else np.array([np.inf])
+        )
         if last_s.min() - self._flow_s0 >= self._flow_next_gap + 2.6:
             free = np.flatnonzero(~self.alive)
             if len(free):
-                self._new_vehicle(int(free[0]), self._flow_path[0], self._flow_s0, self.spec.speed, self.spec.speed)
+                self._new_vehicle(
+                    int(free[0]),
+                    self._flow_path[0],
+                    self._flow_s0,
+                    self.spec.speed,
+                    self.spec.speed,
+                )
                 self._flow_next_gap = self.rng.uniform(*self.spec.gap)
 
     # ------------------------------------------------------------------ step
@@ -288,7 +316,11 @@ class Traffic:
         self._index()
         gap, lead_v = self._leaders(ego)
         acc = idm_acceleration(self.v, self.v0, gap, self.v - lead_v, self.headway)
-        if self.spec.kind == "autopilot" and self.spec.lane_changes and self.steps % MOBIL_CALL == 0:
+        if (
+            self.spec.kind == "autopilot"
+            and self.spec.lane_changes
+            and self.steps % MOBIL_CALL == 0
+        ):
             self._mobil(ego, acc)
         self.v = np.where(self.alive, np.maximum(self.v + acc * DT, 0.0), 0.0)
         self.s = self.s + self.v * DT
@@ -312,7 +344,9 @@ class Traffic:
                     self.alive[i] = False
                     break
                 self.plan[i, :-1] = self.plan[i, 1:]
-                self.plan[i, -1] = self._random_successor(self.plan[i, -2]) if self.spec.kind != "flow" else -1
+                self.plan[i, -1] = (
+                    self._random_successor(self.plan[i, -2]) if self.spec.kind != "flow" else -1
+                )
                 if self.spec.kind == "flow":
                     self.plan[i] = self._flow_plan(int(nxt))
                 self.lane[i] = nxt
@@ -321,7 +355,9 @@ class Traffic:
         """MOBIL lane changes for the vehicles whose turn it is (vectorized over them)."""
         road = self.road
         due = self.alive & (self.d == 0.0) & (self.v > 1.0)
-        due &= (np.arange(len(self.alive)) // 2 + self.steps // MOBIL_CALL) % (MOBIL_PERIOD // MOBIL_CALL) == 0
+        due &= (np.arange(len(self.alive)) // 2 + self.steps // MOBIL_CALL) % (
+            MOBIL_PERIOD // MOBIL_CALL
+        ) == 0
         cand = np.flatnonzero(due)
         if len(cand) == 0:
             return
@@ -335,10 +371,14 @@ class Traffic:
             s_t = self.s[c] * road.lane_length[t] / np.maximum(road.lane_length[self.lane[c]], 1e-6)
             j, f = self._first_at_or_after(t, s_t)
             jj, ff = np.maximum(j, 0), np.maximum(f, 0)
-            new_gap = np.where(j >= 0, self.s[jj] - s_t - (self.length[c] + self.length[jj]) / 2, np.inf)
+            new_gap = np.where(
+                j >= 0, self.s[jj] - s_t - (self.length[c] + self.length[jj]) / 2, np.inf
+            )
             lead_v = np.where(j >= 0, self.v[jj], self.v0[c])
             a_new = idm_acceleration(self.v[c], self.v0[c], new_gap, self.v[c] - lead_v)
-            back_gap = np.where(f >= 0, s_t - self.s[ff] - (self.length[c] + self.length[ff]) / 2, np.inf)
+            back_gap = np.where(
+                f >= 0, s_t - self.s[ff] - (self.length[c] + self.length[ff]) / 2, np.inf
+            )
             a_f = idm_acceleration(self.v[ff], self.v0[ff], back_gap, self.v[ff] - self.v[c])
             safe_back = (f < 0) | ((back_gap >= IDM_S0) & (a_f >= -MOBIL_SAFE))
             sdy = side * dy[ok]

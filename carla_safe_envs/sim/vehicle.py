@@ -61,7 +61,9 @@ class Ego:
             heading = self.yaw + self.beta
             self.x += self.v * math.cos(heading) * h
             self.y += self.v * math.sin(heading) * h
-            self.yaw = math.remainder(self.yaw + self.v / WHEELBASE * math.cos(self.beta) * math.tan(delta) * h, math.tau)
+            self.yaw = math.remainder(
+                self.yaw + self.v / WHEELBASE * math.cos(self.beta) * math.tan(delta) * h, math.tau
+            )
             self.v = max(self.v + acc * h, 0.0)
 
     def state(self) -> np.ndarray:

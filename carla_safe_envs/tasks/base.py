@@ -35,7 +35,9 @@ class TaskOptions:
                 raise ValueError(f"unknown {f.name} {value!r}: expected one of {list(choices)}")
             lo, hi = f.metadata.get("range", (None, None))
             if lo is not None and not (lo <= value <= hi):
-                raise ValueError(f"{f.name}={value!r} is out of range: expected {lo} <= {f.name} <= {hi}")
+                raise ValueError(
+                    f"{f.name}={value!r} is out of range: expected {lo} <= {f.name} <= {hi}"
+                )
 
 
 def option(default, *, doc: str, choices=None, range=None):  # noqa: A002 - mirrors dataclass.field
@@ -61,7 +63,9 @@ class Task(abc.ABC):
         valid = [f.name for f in dataclasses.fields(self.Options)]
         unknown = sorted(set(options) - set(valid))
         if unknown:
-            raise TypeError(f"{self.name}: unknown task option(s) {unknown}; accepted options are {valid}")
+            raise TypeError(
+                f"{self.name}: unknown task option(s) {unknown}; accepted options are {valid}"
+            )
         self.options = self.Options(**options)
         self.road = road
 

@@ -28,9 +28,15 @@ START_Y, END_Y = 100.0, -58.0  # [m]
 @dataclass(frozen=True)
 class FourLaneOptions(TaskOptions):
     num_vehicles: int = option(50, doc="background vehicles", range=(0, 200))
-    traffic_speed: float = option(6.0, doc="mean desired speed of the traffic [m/s]", range=(0.5, 30.0))
-    stretch_min: float = option(15.0, doc="shortest straight stretch between lane changes [m]", range=(1.0, 500.0))
-    stretch_max: float = option(30.0, doc="longest straight stretch between lane changes [m]", range=(1.0, 500.0))
+    traffic_speed: float = option(
+        6.0, doc="mean desired speed of the traffic [m/s]", range=(0.5, 30.0)
+    )
+    stretch_min: float = option(
+        15.0, doc="shortest straight stretch between lane changes [m]", range=(1.0, 500.0)
+    )
+    stretch_max: float = option(
+        30.0, doc="longest straight stretch between lane changes [m]", range=(1.0, 500.0)
+    )
     change_length: float = option(8.0, doc="length of a lane change [m]", range=(1.0, 50.0))
 
 
@@ -44,7 +50,9 @@ class FourLane(Task):
         if self.options.stretch_min > self.options.stretch_max:
             raise ValueError("stretch_min must not exceed stretch_max")
         # The four lanes from the start row to past the end row, resampled 1 m apart in y.
-        starts = sorted(road.lanes_of_road(FOUR_LANE_ROAD), key=lambda i: road.pts[road.lane_start[i], 0])
+        starts = sorted(
+            road.lanes_of_road(FOUR_LANE_ROAD), key=lambda i: road.pts[road.lane_start[i], 0]
+        )
         ys = np.arange(START_Y, END_Y - 0.5, -1.0)
         self.lane_xy = []  # per lane (x, z) at each y of `ys`
         spawn_lanes: set[int] = set()
@@ -99,7 +107,11 @@ class FourLane(Task):
         start = self.lane_xy[start_lane][0]
         ego = Pose(float(start[0]), float(start[1]), -np.pi / 2, z=float(start[2]))
         traffic = TrafficSpec(
-            kind="autopilot", count=o.num_vehicles, lanes=self.spawn_lanes, radius=150.0, speed=o.traffic_speed
+            kind="autopilot",
+            count=o.num_vehicles,
+            lanes=self.spawn_lanes,
+            radius=150.0,
+            speed=o.traffic_speed,
         )
         return Scenario(town=self.town, ego=ego, traffic=traffic), Route(points, 3.5)
 
@@ -107,8 +119,12 @@ class FourLane(Task):
 @dataclass(frozen=True)
 class NavigationOptions(TaskOptions):
     num_vehicles: int = option(50, doc="background vehicles kept around the ego", range=(0, 200))
-    traffic_speed: float = option(6.0, doc="mean desired speed of the traffic [m/s]", range=(0.5, 30.0))
-    route_length: float = option(1000.0, doc="length of the random route [m]", range=(20.0, 10000.0))
+    traffic_speed: float = option(
+        6.0, doc="mean desired speed of the traffic [m/s]", range=(0.5, 30.0)
+    )
+    route_length: float = option(
+        1000.0, doc="length of the random route [m]", range=(20.0, 10000.0)
+    )
 
 
 class Navigation(Task):
@@ -119,7 +135,9 @@ class Navigation(Task):
     def __init__(self, road, **options):
         super().__init__(road, **options)
         # start lanes: outside junctions, at ground level, long enough to start on
-        self.start_lanes = np.flatnonzero((road.lane_junction < 0) & (road.lane_length > 30.0) & (np.abs(road.lane_z) < 1.0))
+        self.start_lanes = np.flatnonzero(
+            (road.lane_junction < 0) & (road.lane_length > 30.0) & (np.abs(road.lane_z) < 1.0)
+        )
 
     def episode(self, rng: np.random.Generator) -> tuple[Scenario, Route]:
         road, o = self.road, self.options
@@ -133,5 +151,9 @@ class Navigation(Task):
         points = resample(lane_polyline(road, lanes, s0))[: int(o.route_length) + 1]
         p, yaw = road.point_at(lane, s0)
         ego = Pose(float(p[0]), float(p[1]), yaw, z=float(p[2]))
-        traffic = TrafficSpec(kind="autopilot", count=o.num_vehicles, radius=100.0, speed=o.traffic_speed)
-        return Scenario(town=self.town, ego=ego, traffic=traffic, ego_lanes=tuple(lanes)), Route(points, 3.5)
+        traffic = TrafficSpec(
+            kind="autopilot", count=o.num_vehicles, radius=100.0, speed=o.traffic_speed
+        )
+        return Scenario(town=self.town, ego=ego, traffic=traffic, ego_lanes=tuple(lanes)), Route(
+            points, 3.5
+        )

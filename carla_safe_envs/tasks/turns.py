@@ -49,7 +49,9 @@ class JunctionTurn(Task):
         lanes = road.shortest_path(lane0, lane1)
         self.lanes = tuple(lanes)
         points = resample(lane_polyline(road, lanes, s0, s1))
-        width = road.width[[road.locate(*p[:2], radius=4.0, lanes=np.array(lanes)).index for p in points]]
+        width = road.width[
+            [road.locate(*p[:2], radius=4.0, lanes=np.array(lanes)).index for p in points]
+        ]
         self._route_points, self._route_width = points, width
         fx, fy, fyaw = self.flow
         self.flow_pose = Pose(fx, fy, math.radians(fyaw))
@@ -63,7 +65,9 @@ class JunctionTurn(Task):
             speed=self.options.flow_speed,
             yield_zone=self.yield_zone,
         )
-        scenario = Scenario(town=self.town, ego=self.start_pose, traffic=traffic, ego_lanes=self.lanes)
+        scenario = Scenario(
+            town=self.town, ego=self.start_pose, traffic=traffic, ego_lanes=self.lanes
+        )
         return scenario, Route(self._route_points, self._route_width)
 
 
