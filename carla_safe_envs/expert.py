@@ -46,6 +46,7 @@ from carla_safe_envs.tasks import ACC_VALUES
 log = logging.getLogger(__name__)
 
 CRUISE = 4.0  # target speed [m/s] (the reward's desired speed)
+LOOK_MIN, LOOK_TIME = 3.0, 0.8  # pure-pursuit look-ahead: at least 3 m, else 0.8 s of travel
 HORIZON, SAMPLES = 4.0, 20  # conflict look-ahead [s] and samples in it
 GO, STOP = 2.0, -4.0  # plan accelerations [m/s^2] (the discrete -2 brakes at ~5.5 m/s^2)
 CREEP = 0.4  # GO for this long, then STOP, must be safe to keep creeping forward [s]
@@ -78,7 +79,7 @@ class Expert:
         v = snap.ego_speed
         progress = env._projection.progress
         # pure pursuit
-        look = max(4.0, 1.5 * v)
+        look = max(LOOK_MIN, LOOK_TIME * v)
         tx, ty = route.points[min(int(progress + look), len(route) - 1), :2]
         dx, dy = tx - ego[X], ty - ego[Y]
         c, s = math.cos(ego[YAW]), math.sin(ego[YAW])
