@@ -119,9 +119,9 @@ class RoadMap:
         Vectorized over many (lane, s) pairs; ``s`` is clipped to the lane.
         """
         lanes = np.asarray(lanes, dtype=np.int64)
-        q = self.lane_base[lanes] + np.clip(s, 0.0, self.lane_length[lanes])
+        q = self.lane_base[lanes] + np.minimum(np.maximum(s, 0.0), self.lane_length[lanes])
         i = np.searchsorted(self._g, q, side="right") - 1
-        i = np.clip(i, self.lane_start[lanes], self.lane_start[lanes + 1] - 2)
+        i = np.minimum(np.maximum(i, self.lane_start[lanes]), self.lane_start[lanes + 1] - 2)
         g0, g1 = self._g[i], self._g[i + 1]
         t = ((q - g0) / np.maximum(g1 - g0, 1e-6))[:, None]
         xyz = self.pts[i] * (1.0 - t) + self.pts[i + 1] * t

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from carla_safe_envs.backends.base import DT, Control, Scenario, WorldSnapshot
+from carla_safe_envs.backends.base import DT, Control, Scenario, WorldSnapshot, X, Y
 from carla_safe_envs.geometry import boxes_overlap
 from carla_safe_envs.maps import load_town
 from carla_safe_envs.sim.traffic import Traffic
@@ -68,8 +68,9 @@ class SimBackend:
     def _snapshot(self, collision: bool | None) -> WorldSnapshot:
         ego = self._ego.state()
         others = self._traffic.states()
-        if collision is None:
-            collision = bool(len(others)) and bool(boxes_overlap(ego, others).any())
+        if collision is None:  # boxes can only touch within 8 m (half diagonals: ~2.7 + ~2.9 m)
+            near = others[(others[:, X] - ego[X]) ** 2 + (others[:, Y] - ego[Y]) ** 2 < 64.0]
+            collision = bool(len(near)) and bool(boxes_overlap(ego, near).any())
         return WorldSnapshot(
             time=self._time,
             ego=ego,
