@@ -57,7 +57,8 @@ MAX_DECEL = 8.0  # physical braking limit [m/s^2]
 MOBIL_GAIN = 0.3  # required acceleration advantage [m/s^2]
 MOBIL_SAFE = 3.0  # maximum braking imposed on the new follower [m/s^2]
 MOBIL_PERIOD = 10  # every vehicle considers a lane change every 10 steps (1 s), all at once
-LATERAL_SPEED = 1.2  # [m/s] a 3.5 m lane change takes ~3 s
+LATERAL_SPEED = 1.2  # [m/s] a 3.5 m lane change takes ~3 s...
+LATERAL_PER_FORWARD = 0.3  # ...and at least ~12 m of travel: lateral <= 0.3 x forward speed
 SWEEP_TIME, SWEEP_MIN = 1.5, 4.0  # traffic yields to the ego's next 1.5 s of travel [s, m]
 SPAWN_SPACING = 12.0  # minimum centre distance between a spawned vehicle and any other [m]
 RESPAWN_PERIOD = 10  # far vehicles are re-spawned every 10 steps (1 s)
@@ -104,6 +105,7 @@ class Traffic:
         self.v = np.zeros(cap)
         self.v0 = np.zeros(cap)
         self.d = np.zeros(cap)  # lateral offset from the lane centre, + right [m]
+        self.d_rate = np.zeros(cap)  # its rate of change [m/s]
         self.length = np.zeros(cap)
         self.width = np.zeros(cap)
         self.steps = 0
@@ -152,32 +154,38 @@ class Traffic:
         return int(succ[self.rng.integers(len(succ))]) if len(succ) else int(lane)
 
     def _spawn_autopilot(self, ego: np.ndarray, slots: np.ndarray, min_dist: float) -> None:
-        """Place vehicles in ``slots`` on free lane points ``min_dist``..radius from the ego."""
+        """Place vehicles in ``slots`` on free lane points ``min_dist``..radius from the ego:
+        on the spec's lanes first and, once those are full, on any lane around the ego."""
         if len(slots) == 0:
             return
-        road, r = self.road, self.spec.radius
+        road = self.road
+        pools = [road.candidates(ego[X], ego[Y], self.spec.radius)]
         if self._pool is not None:
-            pool, p = self._pool, self._pool_pts
-        else:
-            pool = road.candidates(ego[X], ego[Y], r)
-            p = road.pts[pool]
-        d2 = (p[:, 0] - ego[X]) ** 2 + (p[:, 1] - ego[Y]) ** 2
-        pool = pool[(d2 >= min_dist**2) & (d2 <= r * r) & (np.abs(p[:, 2] - ego[Z]) < 8.0)]
-        if len(pool) == 0:
-            return
+            pools.insert(0, self._pool)
         taken = self._xyz[self.alive, :2] if self.alive.any() else np.empty((0, 2))
-        for i in slots:
-            tries = pool[self.rng.integers(len(pool), size=16)]
-            q = road.pts[tries, :2].astype(np.float64)
-            free = (((q[:, None, :] - taken[None, :, :]) ** 2).sum(-1) >= SPAWN_SPACING**2).all(
-                axis=1
-            )
-            if not free.any():
-                continue
-            j = int(tries[np.argmax(free)])
-            v0 = self.rng.uniform(0.7, 1.2) * self.spec.speed
-            self._new_vehicle(int(i), int(road.point_lane[j]), float(road.s[j]), v0, v0)
-            taken = np.vstack([taken, q[np.argmax(free)][None]])
+        todo = list(slots)
+        for pool in pools:
+            pool = self._within(pool, ego, min_dist)
+            while todo and len(pool):
+                tries = pool[self.rng.integers(len(pool), size=16)]
+                q = road.pts[tries, :2].astype(np.float64)
+                d2 = ((q[:, None, :] - taken[None, :, :]) ** 2).sum(-1)
+                free = (d2 >= SPAWN_SPACING**2).all(axis=1)
+                if not free.any():
+                    break  # this pool is full around the ego
+                j = int(tries[np.argmax(free)])
+                v0 = self.rng.uniform(0.7, 1.2) * self.spec.speed
+                self._new_vehicle(
+                    int(todo.pop(0)), int(road.point_lane[j]), float(road.s[j]), v0, v0
+                )
+                taken = np.vstack([taken, q[np.argmax(free)][None]])
+
+    def _within(self, pool: np.ndarray, ego: np.ndarray, min_dist: float) -> np.ndarray:
+        """The points of ``pool`` between ``min_dist`` and the radius from the ego, on its level."""
+        p = self._pool_pts if pool is self._pool else self.road.pts[pool]
+        d2 = (p[:, 0] - ego[X]) ** 2 + (p[:, 1] - ego[Y]) ** 2
+        r = self.spec.radius
+        return pool[(d2 >= min_dist**2) & (d2 <= r * r) & (np.abs(p[:, 2] - ego[Z]) < 8.0)]
 
     def _flow_plan(self, lane: int) -> np.ndarray:
         k = self._flow_path.index(lane)
@@ -328,8 +336,11 @@ class Traffic:
             self._mobil(ego, acc)
         self.v = np.maximum(self.v + acc * DT, 0.0) * self.alive
         self.s = self.s + self.v * DT
-        if self.d.any():  # lane changes settling
-            self.d = np.sign(self.d) * np.maximum(np.abs(self.d) - LATERAL_SPEED * DT, 0.0)
+        if self.d.any():  # lane changes settling, at a lateral speed that needs forward motion
+            self.d_rate = -np.sign(self.d) * np.minimum(LATERAL_SPEED, LATERAL_PER_FORWARD * self.v)
+            self.d = self.d + self.d_rate * DT
+            self.d[np.sign(self.d) == np.sign(self.d_rate)] = 0.0  # crossed the centre: done
+            self.d_rate[self.d == 0.0] = 0.0
         self._advance_lanes()
         if self.spec.kind == "flow":
             self._feed_flow()
@@ -411,12 +422,17 @@ class Traffic:
         c, s = np.cos(yaw), np.sin(yaw)
         st = np.empty((len(yaw), STATE_DIM))
         st[:, X : Z + 1] = xyz
-        if self.d.any():  # lateral offset along the driver's right (-sin, cos)
-            st[:, X] -= self.d * s
-            st[:, Y] += self.d * c
-        st[:, YAW] = yaw
         st[:, VX] = self.v * c
         st[:, VY] = self.v * s
+        if self.d.any():  # lateral offset and velocity along the driver's right (-sin, cos)
+            st[:, X] -= self.d * s
+            st[:, Y] += self.d * c
+            st[:, VX] -= self.d_rate * s
+            st[:, VY] += self.d_rate * c
+            yaw = yaw + np.arctan2(
+                self.d_rate, np.maximum(self.v, 0.1)
+            )  # the car points where it goes
+        st[:, YAW] = yaw
         st[:, LENGTH] = self.length
         st[:, WIDTH] = self.width
         self._state, self._xyz, self._yaw, self._cos, self._sin = st, st[:, X : Z + 1], yaw, c, s

@@ -8,7 +8,8 @@ y = 6-40: it is drawn and simulated on its own level.
 
 Navigation: a random start on a Town04 lane outside junctions, a random route following the
 lane graph (long horizon: by default 1 km, more than 500 steps at the 4 m/s reward speed), and
-autopilot traffic kept around the ego.
+autopilot traffic on the route's lanes and their neighbours, re-spawned out of view to stay
+within 100 m of the ego.
 """
 
 from __future__ import annotations
@@ -151,8 +152,18 @@ class Navigation(Task):
         points = resample(lane_polyline(road, lanes, s0))[: int(o.route_length) + 1]
         p, yaw = road.point_at(lane, s0)
         ego = Pose(float(p[0]), float(p[1]), yaw, z=float(p[2]))
+        # traffic on the route's lanes and their same-direction neighbours, kept around the ego
+        lanes_near = set(lanes)
+        for lane_id in lanes:
+            lanes_near.update(
+                int(n) for n in (road.lane_left[lane_id], road.lane_right[lane_id]) if n >= 0
+            )
         traffic = TrafficSpec(
-            kind="autopilot", count=o.num_vehicles, radius=100.0, speed=o.traffic_speed
+            kind="autopilot",
+            count=o.num_vehicles,
+            lanes=tuple(sorted(lanes_near)),
+            radius=100.0,
+            speed=o.traffic_speed,
         )
         return Scenario(town=self.town, ego=ego, traffic=traffic, ego_lanes=tuple(lanes)), Route(
             points, 3.5
