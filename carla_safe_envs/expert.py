@@ -254,6 +254,7 @@ def run_episodes(
 ) -> dict[str, float]:
     """Drive ``episodes`` episodes with the expert; the aggregated metrics (DESIGN 4)."""
     render_mode = "rgb_array" if video_path is not None else None
+    env_kwargs.setdefault("render_observation", False)  # the expert never looks at the image
     env = gym.make(env_id, render_mode=render_mode, **env_kwargs)
     expert = Expert(env, noise=noise, seed=seed)
     results, frames = [], []

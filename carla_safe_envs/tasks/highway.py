@@ -27,11 +27,17 @@ START_Y, END_Y = 100.0, -58.0  # [m]
 
 
 @dataclass(frozen=True)
-class FourLaneOptions(TaskOptions):
-    num_vehicles: int = option(50, doc="background vehicles", range=(0, 200))
+class TrafficOptions(TaskOptions):
+    """Options of the tasks with autopilot traffic."""
+
+    num_vehicles: int = option(50, doc="background vehicles around the ego", range=(0, 200))
     traffic_speed: float = option(
         6.0, doc="mean desired speed of the traffic [m/s]", range=(0.5, 30.0)
     )
+
+
+@dataclass(frozen=True)
+class FourLaneOptions(TrafficOptions):
     stretch_min: float = option(
         15.0, doc="shortest straight stretch between lane changes [m]", range=(1.0, 500.0)
     )
@@ -118,11 +124,7 @@ class FourLane(Task):
 
 
 @dataclass(frozen=True)
-class NavigationOptions(TaskOptions):
-    num_vehicles: int = option(50, doc="background vehicles kept around the ego", range=(0, 200))
-    traffic_speed: float = option(
-        6.0, doc="mean desired speed of the traffic [m/s]", range=(0.5, 30.0)
-    )
+class NavigationOptions(TrafficOptions):
     route_length: float = option(
         1000.0, doc="length of the random route [m]", range=(20.0, 10000.0)
     )
