@@ -159,13 +159,15 @@ class Traffic:
         if len(slots) == 0:
             return
         road = self.road
-        pools = [road.candidates(ego[X], ego[Y], self.spec.radius)]
+        pools = [lambda: road.candidates(ego[X], ego[Y], self.spec.radius)]  # built only if needed
         if self._pool is not None:
-            pools.insert(0, self._pool)
+            pools.insert(0, lambda: self._pool)
         taken = self._xyz[self.alive, :2] if self.alive.any() else np.empty((0, 2))
         todo = list(slots)
-        for pool in pools:
-            pool = self._within(pool, ego, min_dist)
+        for make_pool in pools:
+            if not todo:
+                break
+            pool = self._within(make_pool(), ego, min_dist)
             while todo and len(pool):
                 tries = pool[self.rng.integers(len(pool), size=16)]
                 q = road.pts[tries, :2].astype(np.float64)
