@@ -194,3 +194,19 @@ def test_highway_config_is_fresh() -> None:
     config = speed.highway_image_config()
     config["observation"]["observation_shape"] = (1, 1)
     assert speed.highway_image_config()["observation"]["observation_shape"] == (128, 128)
+
+
+def test_speed_command_on_a_real_task(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(
+        ["speed", "--tasks", "CarlaRightTurn-v0", "--steps", "30", "--highway-steps", "3", "--json"]
+    )
+    assert rc == 0
+    task = json.loads(capsys.readouterr().out)["tasks"]["CarlaRightTurn-v0"]
+    assert {"bev", "no_render", "bev_over_highway", "no_render_over_highway"} <= set(task)
+    assert task["bev"]["steps_per_second"] > 0 and task["no_render"]["steps_per_second"] > 0
+    assert task["bev_over_highway"] > 0
+
+
+def test_speed_rejects_unknown_task() -> None:
+    with pytest.raises(SystemExit, match="unknown task id"):
+        main(["speed", "--tasks", "CarlaParking-v0", "--no-highway"])
