@@ -7,7 +7,9 @@ short plan of the next ``PLAN`` lanes; leaders are found along that plan for all
 once, so the step is vectorized and costs tens of microseconds for 50 vehicles.
 
 * Car following: the Intelligent Driver Model (Treiber et al., 2000) with the parameters
-  below; the ego counts as a leader when it is in the corridor ahead of a vehicle.
+  below; the ego counts as a leader when it is in the corridor ahead of a vehicle.  Drivers
+  re-decide their acceleration every ``DECISION_PERIOD`` steps (a 0.2 s reaction time); the
+  motion itself is integrated every 0.1 s step.
 * Lane changes (``autopilot`` only): MOBIL (Kesting et al., 2007) with politeness 0 — a
   vehicle moves to a same-direction neighbour lane when its IDM acceleration there is at least
   ``MOBIL_GAIN`` higher and the new follower need not brake harder than ``MOBIL_SAFE``; never
@@ -56,6 +58,7 @@ MAX_DECEL = 8.0  # physical braking limit [m/s^2]
 # MOBIL
 MOBIL_GAIN = 0.3  # required acceleration advantage [m/s^2]
 MOBIL_SAFE = 3.0  # maximum braking imposed on the new follower [m/s^2]
+DECISION_PERIOD = 2  # drivers choose their acceleration every 2 steps (0.2 s reaction time)
 MOBIL_PERIOD = 10  # every vehicle considers a lane change every 10 steps (1 s), all at once
 LATERAL_SPEED = 1.2  # [m/s] a 3.5 m lane change takes ~3 s...
 LATERAL_PER_FORWARD = 0.3  # ...and at least ~12 m of travel: lateral <= 0.3 x forward speed
@@ -106,6 +109,7 @@ class Traffic:
         self.v0 = np.zeros(cap)
         self.d = np.zeros(cap)  # lateral offset from the lane centre, + right [m]
         self.d_rate = np.zeros(cap)  # its rate of change [m/s]
+        self.acc = np.zeros(cap)  # the drivers' last decided acceleration [m/s^2]
         self.length = np.zeros(cap)
         self.width = np.zeros(cap)
         self.steps = 0
@@ -136,7 +140,7 @@ class Traffic:
     # -------------------------------------------------------------- spawning
     def _new_vehicle(self, i: int, lane: int, s: float, speed: float, v0: float) -> None:
         self.alive[i], self.lane[i], self.s[i] = True, lane, s
-        self.v[i], self.v0[i], self.d[i] = speed, v0, 0.0
+        self.v[i], self.v0[i], self.d[i], self.acc[i] = speed, v0, 0.0, 0.0
         self.length[i] = self.rng.uniform(4.0, 5.2)
         self.width[i] = self.rng.uniform(1.8, 2.2)
         if self.spec.kind == "flow":
@@ -327,16 +331,17 @@ class Traffic:
         """Advance every vehicle by one step of ``DT`` seconds."""
         if not self.alive.any() and self.spec.kind != "flow":
             return
-        self._index()
-        gap, lead_v = self._leaders(ego)
-        acc = idm_acceleration(self.v, self.v0, gap, self.v - lead_v, self.headway)
-        if (
-            self.spec.kind == "autopilot"
-            and self.spec.lane_changes
-            and self.steps % MOBIL_PERIOD == 0
-        ):
-            self._mobil(ego, acc)
-        self.v = np.maximum(self.v + acc * DT, 0.0) * self.alive
+        if self.steps % DECISION_PERIOD == 0:  # drivers decide at 5 Hz, physics runs at 10 Hz
+            self._index()
+            gap, lead_v = self._leaders(ego)
+            self.acc = idm_acceleration(self.v, self.v0, gap, self.v - lead_v, self.headway)
+            if (
+                self.spec.kind == "autopilot"
+                and self.spec.lane_changes
+                and self.steps % MOBIL_PERIOD == 0
+            ):
+                self._mobil(ego, self.acc)
+        self.v = np.maximum(self.v + self.acc * DT, 0.0) * self.alive
         self.s = self.s + self.v * DT
         if self.d.any():  # lane changes settling, at a lateral speed that needs forward motion
             self.d_rate = -np.sign(self.d) * np.minimum(LATERAL_SPEED, LATERAL_PER_FORWARD * self.v)
