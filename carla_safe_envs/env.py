@@ -174,12 +174,15 @@ class CarlaSafeEnv(gym.Env):
     def action_to_control(self, action) -> Control:
         """The CARLA control of an action; raises ``ValueError`` for actions outside the space."""
         if self.action_mode == "discrete":
-            a = np.asarray(action)
-            if a.shape not in ((), (1,)) or not np.issubdtype(a.dtype, np.integer):
-                raise ValueError(
-                    f"discrete action must be one integer in [0, {self.action_space.n}), got {action!r}"
-                )
-            i = int(a.reshape(()))
+            if isinstance(action, (int, np.integer)) and not isinstance(action, bool):
+                i = int(action)  # the common case, without building an array
+            else:
+                a = np.asarray(action)
+                if a.shape not in ((), (1,)) or not np.issubdtype(a.dtype, np.integer):
+                    raise ValueError(
+                        f"discrete action must be one integer in [0, {self.action_space.n}), got {action!r}"
+                    )
+                i = int(a.reshape(()))
             if not 0 <= i < self.action_space.n:
                 raise ValueError(
                     f"discrete action {i} is out of range: expected 0 <= action < {self.action_space.n}"

@@ -16,7 +16,7 @@ from carla_safe_envs.maps import load_town
 from carla_safe_envs.sim.traffic import Traffic
 from carla_safe_envs.sim.vehicle import Ego
 
-GROUND_PERIOD = 3  # the ego's height follows the road every 3 steps (ramps rise < 0.1 m a step)
+GROUND_PERIOD = 5  # the ego's height follows the road every 5 steps (ramps rise < 0.1 m a step)
 
 
 class SimBackend:
