@@ -219,12 +219,12 @@ class CarlaSafeEnv(gym.Env):
             raise ValueError(
                 f"unknown reset option(s) {unknown}: expected {list(RESET_OPTIONS)} (task options go to gym.make)"
             )
-        scenario, self.route = self.task.episode(self.np_random)
         for key, expected in RESET_OPTIONS.items():
             if key in options and not isinstance(options[key], expected):
                 raise TypeError(
                     f"reset option {key!r} must be a {expected.__name__}, got {type(options[key]).__name__}"
                 )
+        scenario, self.route = self.task.episode(self.np_random)
         if options:
             scenario = dataclasses.replace(scenario, **options)
         self.scenario = scenario

@@ -5,11 +5,13 @@ It reads the simulator state (``env.unwrapped.snapshot``, ``.route``), never the
 * **Route following**: pure pursuit on the planned route with a speed-dependent look-ahead.
 * **Car following**: IDM towards the 4 m/s reward speed behind the nearest vehicle on the
   route corridor ahead.
-* **Yielding**: every step it rolls two plans forward 4 s — GO (accelerate along the route) and
-  STOP (brake to a standstill) — against the other vehicles at constant velocity, with a safety
-  margin around the ego's box, and takes GO when it is conflict-free, else STOP when that is,
-  else the plan whose first conflict comes later.  This waits for gaps at junctions and keeps
-  clear of cut-ins without any task-specific rule.
+* **Yielding**: every step it rolls plans forward 4 s along the route — GO (accelerate), CREEP
+  (GO for 0.4 s, then brake) and STOP (brake to a standstill) — against the other vehicles,
+  predicted to keep their velocity except where the traffic reacts to the ego (braking for
+  its swept box, waiting at a yield zone's edge), with a safety margin around the ego's box.
+  It takes GO when GO or CREEP is conflict-free (so it creeps up to a conflict but never stops
+  in the path of moving traffic), else STOP, else the plan whose first conflict comes later.
+  This waits for gaps at junctions and keeps clear of cut-ins with no task-specific rule.
 * **Discrete actions**: the acceleration snaps to {-2, 0, 2}; the steering is quantized to the
   task's five values with error feedback, so the average steering equals the desired one.
 * **Noise** (for data diversity): with probability ``noise`` per step a burst of 3-10 steps of
@@ -39,7 +41,7 @@ from carla_safe_envs.env import ACC_LIMIT
 from carla_safe_envs.geometry import boxes_overlap
 from carla_safe_envs.junction import gap_to_zone, in_zone
 from carla_safe_envs.metrics import EpisodeRecorder, aggregate, format_table
-from carla_safe_envs.sim.traffic import ego_extent, swept_box
+from carla_safe_envs.sim.traffic import ego_extent, idm_acceleration, swept_box
 from carla_safe_envs.sim.vehicle import MAX_STEER, WHEELBASE
 from carla_safe_envs.tasks import ACC_VALUES
 
@@ -52,7 +54,7 @@ GO, STOP = 2.0, -4.0  # plan accelerations [m/s^2] (the discrete -2 brakes at ~5
 CREEP = 0.4  # GO for this long, then STOP, must be safe to keep creeping forward [s]
 OTHERS_BRAKE = 4.0  # braking assumed of a vehicle with the ego in its path [m/s^2]
 MARGIN_LENGTH, MARGIN_WIDTH = 1.0, 0.4  # safety margin added to the ego box [m]
-IDM_T, IDM_S0, IDM_A, IDM_B = 1.2, 3.0, 2.0, 2.0
+FOLLOW_T, FOLLOW_S0 = 1.2, 3.0  # car following: time headway [s] and standstill gap [m]
 
 
 class Expert:
@@ -122,8 +124,7 @@ class Expert:
                 gap = along[j] - (others[j, LENGTH] + EGO_LENGTH) / 2
                 yaw = route.seg_yaw[min(int(progress), len(route.seg_yaw) - 1)]
                 lead_v = others[j, VX] * math.cos(yaw) + others[j, VY] * math.sin(yaw)
-        s_star = IDM_S0 + max(v * IDM_T + v * (v - lead_v) / (2 * math.sqrt(IDM_A * IDM_B)), 0.0)
-        return IDM_A * (1.0 - (v / CRUISE) ** 4 - (s_star / max(gap, 0.1)) ** 2)
+        return float(idm_acceleration(v, CRUISE, gap, v - lead_v, FOLLOW_T, a_max=GO, s0=FOLLOW_S0))
 
     def _conflict_time(
         self, progress: float, v: float, acc: float, switch: float = math.inf

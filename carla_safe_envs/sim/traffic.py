@@ -68,11 +68,12 @@ RESPAWN_PERIOD = 10  # far vehicles are re-spawned every 10 steps (1 s)
 VIEW_CLEARANCE = 40.0  # re-spawns happen at least this far from the ego (outside the BEV) [m]
 
 
-def idm_acceleration(v, v0, gap, dv, headway=IDM_T):
-    """IDM acceleration for speed ``v``, desired ``v0``, bumper gap ``gap``, approach ``dv``."""
-    s_star = IDM_S0 + np.maximum(v * headway + v * dv / (2.0 * math.sqrt(IDM_A * IDM_B)), 0.0)
-    acc = IDM_A * (1.0 - (v / np.maximum(v0, 0.1)) ** 4 - (s_star / np.maximum(gap, 0.1)) ** 2)
-    return np.minimum(np.maximum(acc, -MAX_DECEL), IDM_A)  # np.clip costs 2x more
+def idm_acceleration(v, v0, gap, dv, headway=IDM_T, *, a_max=IDM_A, b=IDM_B, s0=IDM_S0):
+    """IDM acceleration [m/s^2] for speed ``v``, desired ``v0``, bumper gap ``gap`` and
+    approach rate ``dv`` (arrays or floats), limited to [-MAX_DECEL, a_max]."""
+    s_star = s0 + np.maximum(v * headway + v * dv / (2.0 * math.sqrt(a_max * b)), 0.0)
+    acc = a_max * (1.0 - (v / np.maximum(v0, 0.1)) ** 4 - (s_star / np.maximum(gap, 0.1)) ** 2)
+    return np.minimum(np.maximum(acc, -MAX_DECEL), a_max)  # np.clip costs 2x more
 
 
 def swept_box(ego: np.ndarray) -> np.ndarray:
