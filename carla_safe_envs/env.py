@@ -61,7 +61,6 @@ from gymnasium import spaces
 from carla_safe_envs.backends import make_backend
 from carla_safe_envs.backends.base import (
     DT,
-    VX,
     VY,
     Control,
     Pose,
@@ -69,7 +68,6 @@ from carla_safe_envs.backends.base import (
     WorldSnapshot,
     X,
     Y,
-    Z,
 )
 from carla_safe_envs.bev import BevRenderer
 from carla_safe_envs.geometry import time_to_collision
@@ -232,7 +230,7 @@ class CarlaSafeEnv(gym.Env):
         self.snapshot = self.backend.reset(scenario, backend_rng)
         self._waypoints = 0
         self._distance = 0.0
-        proj = self.route.project(self.snapshot.ego[X], self.snapshot.ego[Y], search_all=True)
+        proj = self.route.project(*self.snapshot.ego[X : Y + 1].tolist(), search_all=True)
         self._projection = proj
         info = self._info(
             self._signals(self.snapshot, proj, new_waypoints=0, initial=True), reward={}, cost={}
@@ -243,11 +241,11 @@ class CarlaSafeEnv(gym.Env):
         if self.snapshot is None:
             raise gym.error.ResetNeeded("call reset() before step()")
         control = self.action_to_control(action)
-        prev = self.snapshot.ego
+        px, py = self.snapshot.ego[X : Y + 1].tolist()
         snap = self.snapshot = self.backend.step(control)
-        ego = snap.ego
-        self._distance += math.hypot(ego[X] - prev[X], ego[Y] - prev[Y])
-        proj = self._projection = self.route.project(ego[X], ego[Y])
+        x, y = snap.ego[X : Y + 1].tolist()  # Python floats: scalar maths on numpy is slower
+        self._distance += math.hypot(x - px, y - py)
+        proj = self._projection = self.route.project(x, y)
         reached = min(int(proj.progress + 1e-6), len(self.route) - 1)
         new = max(reached - self._waypoints, 0)
         self._waypoints += new
@@ -264,18 +262,18 @@ class CarlaSafeEnv(gym.Env):
         self, snap: WorldSnapshot, proj, *, new_waypoints: int, initial: bool = False
     ) -> StepSignals:
         ego = snap.ego
+        x, y, z, _, vx, vy = ego[: VY + 1].tolist()
         c, s = math.cos(proj.yaw), math.sin(proj.yaw)
         return StepSignals(
             new_waypoints=new_waypoints,
-            v_long=ego[VX] * c + ego[VY] * s,
-            v_lat=-ego[VX] * s + ego[VY] * c,
-            speed=snap.ego_speed,
+            v_long=vx * c + vy * s,
+            v_lat=-vx * s + vy * c,
+            speed=math.hypot(vx, vy),
             lateral_error=abs(proj.lateral),
             collision=snap.collision and not initial,
             collision_speed=snap.collision_speed,
             # on the route's lane there is no need to search the map
-            off_road=abs(proj.lateral) > 0.5 * proj.width - 0.25
-            and not self.road.on_road(ego[X], ego[Y], ego[Z]),
+            off_road=abs(proj.lateral) > 0.5 * proj.width - 0.25 and not self.road.on_road(x, y, z),
             ttc=time_to_collision(ego, snap.others),
             arrived=(not initial) and self._waypoints >= len(self.route) - 1,
         )
