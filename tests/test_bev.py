@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 
+import cv2
 import numpy as np
 import pytest
 
@@ -232,6 +233,67 @@ def test_vehicles_off_the_view_are_skipped(bev: BevRenderer) -> None:
     np.testing.assert_array_equal(
         bev.render(state(*START), far, None), bev.render(state(*START), NO_CARS, None)
     )
+
+
+def test_road_is_the_layer_at_the_nearest_pixel(bev: BevRenderer) -> None:
+    """The road, warped one float32 per pixel, is bit for bit a 4-channel nearest-neighbour warp."""
+    ego = state(12.2, 60.0, yaw=NORTH + 0.6)
+    img = bev.render(ego, NO_CARS, None)
+    layer, k = bev._layer(0), K  # pixel (r, c) of the layer is world (x0 + c / k, y0 + r / k)
+    c, s = math.cos(ego[3]), math.sin(ego[3])
+    u, v = (ego[0] - layer.x0) * k, (ego[1] - layer.y0) * k
+    m = np.array([[-s, c, EGO_COL + s * u - c * v], [-c, -s, EGO_ROW + c * u + s * v]])
+    expected = cv2.warpAffine(bev.layer(0), m, (128, 128), flags=cv2.INTER_NEAREST)[..., :3]
+    road = ~mask(img, EGO_COLOR, tol=0)
+    assert road.mean() > 0.9 and (expected > 0).any()
+    np.testing.assert_array_equal(img[road], expected[road])
+
+
+def test_frames_are_fresh_arrays(bev: BevRenderer) -> None:
+    ego = state(*START, yaw=NORTH + 0.05)
+    first = bev.render(ego, NO_CARS, None)
+    second = bev.render(ego, NO_CARS, None)  # standing still: the road is reused
+    assert not np.shares_memory(first, second)
+    first[:] = 7
+    np.testing.assert_array_equal(bev.render(ego, NO_CARS, None), second)
+    assert second.flags.c_contiguous and second.flags.owndata
+
+
+def test_curved_route_follows_the_arc(bev: BevRenderer) -> None:
+    """A 90 degree turn 12 m in radius, points 1 m apart: blue within 1 m of the arc, all along it."""
+    ego = state(*START)
+    centre = np.array([START[0] + 12.0, START[1]])  # turning right (east) from heading north
+    angle = np.arange(0.0, math.pi / 2, 1 / 12)
+    route = centre + 12.0 * np.stack([-np.cos(angle), -np.sin(angle)], 1)
+    img = bev.render(ego, NO_CARS, route)
+    blue = mask(img, ROUTE_COLOR, tol=60)
+    rows, cols = np.nonzero(blue)
+    world = _pixel_world(ego)[rows, cols]
+    radius = np.hypot(*(world - centre).T)
+    assert np.abs(radius - 12.0).max() < 1.0 and blue.sum() > 100
+    a = np.linspace(0.3, 1.4, 200)  # from the ego's nose on
+    fine = centre + 12.0 * np.stack([-np.cos(a), -np.sin(a)], 1)
+    px = np.column_stack(
+        [EGO_ROW - (START[1] - fine[:, 1]) * K, EGO_COL + (fine[:, 0] - START[0]) * K]
+    )
+    inside = (px >= 1).all(1) & (px < 126).all(1)
+    near = [blue[r - 1 : r + 2, c - 1 : c + 2].any() for r, c in np.round(px[inside]).astype(int)]
+    assert inside.sum() > 50 and all(near)
+
+
+def test_route_is_cut_where_it_leaves_the_ego_level(bev: BevRenderer) -> None:
+    route = np.stack([np.full(40, 5.8), 110.0 - np.arange(40.0), np.zeros(40)], 1)
+    route[20:, 2] = 11.0  # from 10 m ahead (row 40) up on the overpass level
+    blue = mask(bev.render(state(*START), NO_CARS, route), ROUTE_COLOR, tol=60)
+    assert blue[44:70, EGO_COL].all() and blue[90:120, EGO_COL].all()  # around the ego box
+    assert not blue[:36].any()
+
+
+def test_long_vehicle_reaching_into_the_view_is_drawn(bev: BevRenderer) -> None:
+    """Culling keeps a box whose centre is off the view: a 14 m truck centred 26 m ahead."""
+    truck = state(5.8, 74.0, length=14.0, width=2.5)[None]  # reaches 19 m ahead: rows 0-4
+    img = bev.render(state(*START), truck, None)
+    assert (img[:4, EGO_COL] == VEHICLE_COLOR).all() and not mask(img[6:], VEHICLE_COLOR).any()
 
 
 def test_video_renderer_is_512_px_and_shares_the_layers(bev: BevRenderer, town04: RoadMap) -> None:

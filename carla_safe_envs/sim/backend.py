@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from carla_safe_envs.backends.base import DT, Control, Scenario, WorldSnapshot, X, Y
+from carla_safe_envs.backends.base import (
+    DT,
+    LENGTH,
+    WIDTH,
+    Control,
+    Scenario,
+    WorldSnapshot,
+    X,
+    Y,
+)
 from carla_safe_envs.geometry import boxes_overlap
 from carla_safe_envs.maps import load_town
 from carla_safe_envs.sim.traffic import Traffic
@@ -68,8 +77,13 @@ class SimBackend:
     def _snapshot(self, collision: bool | None) -> WorldSnapshot:
         ego = self._ego.state()
         others = self._traffic.states()
-        if collision is None:  # boxes can only touch within 8 m (half diagonals: ~2.7 + ~2.9 m)
-            near = others[(others[:, X] - ego[X]) ** 2 + (others[:, Y] - ego[Y]) ** 2 < 64.0]
+        if collision is None:  # boxes can only touch within the sum of their half diagonals
+            reach = 0.5 * (
+                np.hypot(others[:, LENGTH], others[:, WIDTH]) + np.hypot(ego[LENGTH], ego[WIDTH])
+            )
+            near = others[
+                (others[:, X] - ego[X]) ** 2 + (others[:, Y] - ego[Y]) ** 2 <= reach * reach
+            ]
             collision = bool(len(near)) and bool(boxes_overlap(ego, near).any())
         return WorldSnapshot(
             time=self._time,

@@ -8,7 +8,7 @@ once, so the step is vectorized and costs tens of microseconds for 50 vehicles.
 
 * Car following: the Intelligent Driver Model (Treiber et al., 2000) with the parameters
   below; the ego counts as a leader when it is in the corridor ahead of a vehicle.  Drivers
-  re-decide their acceleration every ``DECISION_PERIOD`` steps (a 0.2 s reaction time); the
+  re-decide their acceleration every ``DECISION_PERIOD`` steps (a 0.3 s reaction time); the
   motion itself is integrated every 0.1 s step.
 * Lane changes (``autopilot`` only): MOBIL (Kesting et al., 2007) with politeness 0 — a
   vehicle moves to a same-direction neighbour lane when its IDM acceleration there is at least
@@ -58,13 +58,14 @@ MAX_DECEL = 8.0  # physical braking limit [m/s^2]
 # MOBIL
 MOBIL_GAIN = 0.3  # required acceleration advantage [m/s^2]
 MOBIL_SAFE = 3.0  # maximum braking imposed on the new follower [m/s^2]
-DECISION_PERIOD = 2  # drivers choose their acceleration every 2 steps (0.2 s reaction time)
-MOBIL_PERIOD = 10  # every vehicle considers a lane change every 10 steps (1 s), all at once
+DECISION_PERIOD = 3  # drivers choose their acceleration every 3 steps (0.3 s reaction time)
+MOBIL_PERIOD = 9  # every vehicle considers a lane change every 9 steps (a decision step)
+assert MOBIL_PERIOD % DECISION_PERIOD == 0
 LATERAL_SPEED = 1.2  # [m/s] a 3.5 m lane change takes ~3 s...
 LATERAL_PER_FORWARD = 0.3  # ...and at least ~12 m of travel: lateral <= 0.3 x forward speed
 SWEEP_TIME, SWEEP_MIN = 1.5, 4.0  # traffic yields to the ego's next 1.5 s of travel [s, m]
 SPAWN_SPACING = 12.0  # minimum centre distance between a spawned vehicle and any other [m]
-RESPAWN_PERIOD = 10  # far vehicles are re-spawned every 10 steps (1 s)
+RESPAWN_PERIOD = 20  # far vehicles are re-spawned every 20 steps (2 s)
 VIEW_CLEARANCE = 40.0  # re-spawns happen at least this far from the ego (outside the BEV) [m]
 
 
@@ -332,7 +333,7 @@ class Traffic:
         """Advance every vehicle by one step of ``DT`` seconds."""
         if not self.alive.any() and self.spec.kind != "flow":
             return
-        if self.steps % DECISION_PERIOD == 0:  # drivers decide at 5 Hz, physics runs at 10 Hz
+        if self.steps % DECISION_PERIOD == 0:  # drivers decide every 0.3 s, physics every 0.1 s
             self._index()
             gap, lead_v = self._leaders(ego)
             self.acc = idm_acceleration(self.v, self.v0, gap, self.v - lead_v, self.headway)
@@ -378,7 +379,10 @@ class Traffic:
     def _mobil(self, ego: np.ndarray, acc: np.ndarray) -> None:
         """MOBIL lane changes for the vehicles whose turn it is (vectorized over them)."""
         road = self.road
-        due = self.alive & (self.d == 0.0) & (self.v > 1.0)
+        # Only a driver held up by its leader can gain MOBIL_GAIN: a new lane never allows more
+        # than the free-road acceleration.
+        free_road = IDM_A * (1.0 - (self.v / np.maximum(self.v0, 0.1)) ** 4)
+        due = self.alive & (self.d == 0.0) & (self.v > 1.0) & (acc < free_road - MOBIL_GAIN)
         cand = np.flatnonzero(due)
         if len(cand) == 0:
             return
