@@ -4,7 +4,8 @@ Vehicles live in lane coordinates (lane index, arc length ``s``, lateral offset 
 lane change settles) on the shared :class:`~carla_safe_envs.maps.RoadMap`, in fixed-capacity
 numpy arrays (slot order is stable, so snapshots are deterministic).  Each vehicle carries a
 short plan of the next ``PLAN`` lanes; leaders are found along that plan for all vehicles at
-once, so the step is vectorized and costs tens of microseconds for 50 vehicles.
+once with one sorted search, so the step is a fixed number of numpy calls whatever the count
+(~0.3 ms for 50 vehicles on a 2-core CI machine).
 
 * Car following: the Intelligent Driver Model (Treiber et al., 2000) with the parameters
   below; the ego counts as a leader when it is in the corridor ahead of a vehicle.  Drivers
@@ -16,7 +17,11 @@ once, so the step is vectorized and costs tens of microseconds for 50 vehicles.
   into the ego's flank.  The lateral offset then settles at ``LATERAL_SPEED``.
 * ``autopilot`` vehicles choose random successors at forks and are re-spawned out of the ego's
   view when they get further than ``spec.radius`` from it; ``flow`` vehicles enter at the
-  spawn pose with random gaps, follow the straightest path and leave at its end.
+  spawn pose with random gaps, follow the straightest path and leave at its end; ``placed``
+  vehicles start where a scripted scene puts them and go straight on.
+* Giving way to the ego: a vehicle brakes for the ego's box stretched along its velocity
+  (:func:`swept_box`) and, around a junction with a yield zone, waits at the zone's edge
+  while the ego is inside (:mod:`carla_safe_envs.junction`).
 """
 
 from __future__ import annotations
