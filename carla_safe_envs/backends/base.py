@@ -89,7 +89,6 @@ class Scenario:
     town: str
     ego: Pose
     traffic: TrafficSpec = field(default_factory=TrafficSpec)
-    ego_lanes: tuple[int, ...] = ()  # the ego's planned lane path (traffic yields around it)
 
 
 @dataclass

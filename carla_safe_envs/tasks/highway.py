@@ -61,7 +61,7 @@ class FourLane(Task):
             road.lanes_of_road(FOUR_LANE_ROAD), key=lambda i: road.pts[road.lane_start[i], 0]
         )
         ys = np.arange(START_Y, END_Y - 0.5, -1.0)
-        self.lane_xy = []  # per lane (x, z) at each y of `ys`
+        self.lane_xy = []  # per lane, (x, y, z) at each y of `ys`
         spawn_lanes: set[int] = set()
         for lane in starts:
             path = [int(lane)]
@@ -88,7 +88,7 @@ class FourLane(Task):
 
     def episode(self, rng: np.random.Generator) -> tuple[Scenario, Route]:
         o = self.options
-        n = len(ys := self.lane_xy[0][:, 1])
+        n = len(self.lane_xy[0])
         lane = int(rng.integers(len(self.lane_xy)))
         start_lane = lane
         offsets = np.zeros(n)  # fractional lane index along the route
@@ -110,7 +110,6 @@ class FourLane(Task):
         t = (offsets - lo)[:, None]
         idx = np.arange(n)
         points = resample(stack[lo, idx] * (1 - t) + stack[hi, idx] * t)
-        del ys
         start = self.lane_xy[start_lane][0]
         ego = Pose(float(start[0]), float(start[1]), -np.pi / 2, z=float(start[2]))
         traffic = TrafficSpec(
@@ -167,6 +166,4 @@ class Navigation(Task):
             radius=100.0,
             speed=o.traffic_speed,
         )
-        return Scenario(town=self.town, ego=ego, traffic=traffic, ego_lanes=tuple(lanes)), Route(
-            points, 3.5
-        )
+        return Scenario(town=self.town, ego=ego, traffic=traffic), Route(points, 3.5)

@@ -47,7 +47,6 @@ class JunctionTurn(Task):
         lane0, s0, self.start_pose = self.snap(*self.start)
         lane1, s1, _ = self.snap(*self.goal)
         lanes = road.shortest_path(lane0, lane1)
-        self.lanes = tuple(lanes)
         points = resample(lane_polyline(road, lanes, s0, s1))
         width = road.width[
             [road.locate(*p[:2], radius=4.0, lanes=np.array(lanes)).index for p in points]
@@ -65,9 +64,7 @@ class JunctionTurn(Task):
             speed=self.options.flow_speed,
             yield_zone=self.yield_zone,
         )
-        scenario = Scenario(
-            town=self.town, ego=self.start_pose, traffic=traffic, ego_lanes=self.lanes
-        )
+        scenario = Scenario(town=self.town, ego=self.start_pose, traffic=traffic)
         return scenario, Route(self._route_points, self._route_width)
 
 
