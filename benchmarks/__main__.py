@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from benchmarks import speed
+from benchmarks import collect, speed
 
 
 class Command(NamedTuple):
@@ -27,6 +27,7 @@ class Command(NamedTuple):
 
 COMMANDS: dict[str, Command] = {
     "speed": Command(speed.HELP, speed.add_arguments, speed.run),
+    "collect": Command(collect.HELP, collect.add_arguments, collect.run),
 }
 
 PROG = "python -m benchmarks"
