@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from benchmarks import collect, speed
+from benchmarks.label import LABEL_COMMAND, LABEL_REPORT_COMMAND
 
 
 class Command(NamedTuple):
@@ -28,6 +29,8 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "speed": Command(speed.HELP, speed.add_arguments, speed.run),
     "collect": Command(collect.HELP, collect.add_arguments, collect.run),
+    "label": Command(*LABEL_COMMAND),
+    "label-report": Command(*LABEL_REPORT_COMMAND),
 }
 
 PROG = "python -m benchmarks"

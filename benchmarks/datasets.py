@@ -450,6 +450,17 @@ class OfflineDataset:
         )
         return sorted(names)
 
+    def column(self, name: str) -> np.ndarray:
+        """A per-step column by name (e.g. ``"costs"`` or a labeler's ``"safety_oracle"``);
+        ``KeyError`` when the file has none."""
+        return self._column(name)
+
+    def column_attrs(self, name: str) -> dict[str, Any]:
+        """The attributes of a column (for labels: which labeler, model, ...)."""
+        if name not in self._file:
+            raise KeyError(f"{self.path} has no column {name!r}")
+        return dict(self._file[name].attrs)
+
     @property
     def safety(self) -> np.ndarray | None:
         """p(s) per step of the labeler that wrote it, or None before labeling."""
@@ -458,7 +469,7 @@ class OfflineDataset:
     @property
     def safety_labeler(self) -> dict[str, Any] | None:
         """The attributes of the ``safety`` column (which labeler, model, ...), or None."""
-        return dict(self._file["safety"].attrs) if "safety" in self._file else None
+        return self.column_attrs("safety") if "safety" in self._file else None
 
     def episode_bounds(self) -> np.ndarray:
         """(n_episodes, 2) int64 [start, stop) rows of each episode, in file order."""

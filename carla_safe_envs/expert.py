@@ -14,8 +14,10 @@ It reads the simulator state (``env.unwrapped.snapshot``, ``.route``), never the
   This waits for gaps at junctions and keeps clear of cut-ins with no task-specific rule.
 * **Discrete actions**: the acceleration snaps to {-2, 0, 2}; the steering is quantized to the
   task's five values with error feedback, so the average steering equals the desired one.
-* **Noise** (for data diversity): with probability ``noise`` per step a burst of 3-10 steps of
-  one random action starts.  ``noise=0`` is the clean expert.
+* **Noise** (for data diversity): with probability ``noise`` per step a burst of 3-10 steps
+  starts: half of them one random action held (lane departures), half *reckless* driving —
+  full throttle along the route, ignoring other vehicles (collisions).  ``noise=0`` is the
+  clean expert.
 
 Command line (prints the metrics of DESIGN section 4)::
 
@@ -52,6 +54,7 @@ LOOK_MIN, LOOK_TIME = 3.0, 0.8  # pure-pursuit look-ahead: at least 3 m, else 0.
 HORIZON, SAMPLES = 4.0, 20  # conflict look-ahead [s] and samples in it
 GO, STOP = 2.0, -4.0  # plan accelerations [m/s^2] (the discrete -2 brakes at ~5.5 m/s^2)
 CREEP = 0.4  # GO for this long, then STOP, must be safe to keep creeping forward [s]
+RECKLESS_SHARE = 0.5  # share of noise bursts that speed along the route ignoring traffic
 OTHERS_BRAKE = 4.0  # braking assumed of a vehicle with the ego in its path [m/s^2]
 MARGIN_LENGTH, MARGIN_WIDTH = 1.0, 0.4  # safety margin added to the ego box [m]
 FOLLOW_T, FOLLOW_S0 = 1.2, 3.0  # car following: time headway [s] and standstill gap [m]
@@ -76,19 +79,9 @@ class Expert:
     def control(self) -> tuple[float, float]:
         """Desired (acceleration [m/s^2], steer [-1, 1]) from the current state."""
         env = self.env
-        snap, route = env.snapshot, env.route
-        ego = snap.ego
-        v = snap.ego_speed
+        v = env.snapshot.ego_speed
         progress = env._projection.progress
-        # pure pursuit
-        look = max(LOOK_MIN, LOOK_TIME * v)
-        tx, ty = route.points[min(int(progress + look), len(route) - 1), :2]
-        dx, dy = tx - ego[X], ty - ego[Y]
-        c, s = math.cos(ego[YAW]), math.sin(ego[YAW])
-        ahead, right = dx * c + dy * s, -dx * s + dy * c
-        dist2 = max(ahead * ahead + right * right, 1e-6)
-        delta = math.atan(2.0 * right * WHEELBASE / dist2)
-        steer = float(np.clip(delta / MAX_STEER, -1.0, 1.0))
+        steer = self.control_steer()
         # car following along the route corridor
         acc = self._follow(progress, v)
         # yielding: GO if it is safe, or if one more step of it still leaves a safe stop (creep
@@ -100,6 +93,18 @@ class Expert:
             stop = self._conflict_time(progress, v, STOP)
             plan = STOP if math.isinf(stop) or stop > go else GO
         return min(acc, plan), steer
+
+    def control_steer(self) -> float:
+        """Pure pursuit on the route: the steer [-1, 1] towards a point ``look`` metres ahead."""
+        env = self.env
+        ego, route = env.snapshot.ego, env.route
+        look = max(LOOK_MIN, LOOK_TIME * env.snapshot.ego_speed)
+        tx, ty = route.points[min(int(env._projection.progress + look), len(route) - 1), :2]
+        dx, dy = tx - ego[X], ty - ego[Y]
+        c, s = math.cos(ego[YAW]), math.sin(ego[YAW])
+        ahead, right = dx * c + dy * s, -dx * s + dy * c
+        delta = math.atan(2.0 * right * WHEELBASE / max(ahead * ahead + right * right, 1e-6))
+        return float(np.clip(delta / MAX_STEER, -1.0, 1.0))
 
     def _follow(self, progress: float, v: float) -> float:
         snap, route = self.env.snapshot, self.env.route
@@ -217,16 +222,23 @@ class Expert:
         """The next action in the env's action space."""
         if self._burst > 0:
             self._burst -= 1
-            return self._burst_action
-        if self.noise > 0 and self.rng.random() < self.noise:
+        elif self.noise > 0 and self.rng.random() < self.noise:
             self._burst = int(self.rng.integers(3, 11)) - 1
-            self._burst_action = self._random_action()
-            return self._burst_action
-        acc, steer = self.control()
+            reckless = self.rng.random() < RECKLESS_SHARE
+            self._burst_action = None if reckless else self._random_action()
+        else:
+            self._burst_action = None
+            return self._action(*self.control())
+        if self._burst_action is None:  # reckless: keep to the route, ignore everyone, speed up
+            return self._action(ACC_LIMIT, self.control_steer())
+        return self._burst_action
+
+    def _action(self, acc: float, steer: float):
+        """``acc`` [m/s^2] and ``steer`` as an action of the env's space."""
         if self.env.action_mode == "continuous":
             return np.array([np.clip(acc / ACC_LIMIT, -1.0, 1.0), steer], dtype=np.float32)
         v = self.env.snapshot.ego_speed
-        if acc > 0.5 and v < CRUISE:
+        if acc > 0.5 and (v < CRUISE or acc >= ACC_LIMIT):
             ia = 2
         elif acc < -0.5:
             ia = 0
