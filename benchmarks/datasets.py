@@ -196,7 +196,7 @@ def _progress(total: int, enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield None
         return
-    from benchmarks.speed import progress_bar
+    from benchmarks.progress import progress_bar
 
     with progress_bar(total, "collect") as bar:
         yield bar

@@ -103,7 +103,7 @@ def label_dataset(
     dataset: Any, labeler: Any, *, batch_size: int = 256, progress: bool = True
 ) -> np.ndarray:
     """(N,) float32 p(s) of every step of ``dataset``, streaming frames in batches."""
-    from benchmarks.speed import progress_bar
+    from benchmarks.progress import progress_bar
 
     n = dataset.n_steps
     signals = dataset_signals(dataset, labeler)

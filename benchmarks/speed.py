@@ -27,14 +27,14 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import gymnasium as gym
 
+from benchmarks.progress import progress_bar
 from carla_safe_envs.metrics import format_table
 
 logger = logging.getLogger(__name__)
@@ -81,46 +81,6 @@ def carla_safe_factories(task_id: str) -> dict[str, EnvFactory]:
         "bev": lambda: gym.make(task_id),
         "no_render": lambda: gym.make(task_id, render_observation=False),
     }
-
-
-# --- progress ------------------------------------------------------------------------------
-
-
-class Progress(Protocol):
-    def update(self, n: int = 1) -> Any: ...
-
-
-class _StderrProgress:
-    """A one-line progress counter on stderr, for when tqdm is not installed."""
-
-    def __init__(self, total: int, desc: str, interval: float = 0.5) -> None:
-        self.total, self.desc, self.interval = total, desc, interval
-        self.n, self._shown = 0, 0.0
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        now = time.monotonic()
-        if now - self._shown >= self.interval or self.n >= self.total:
-            self._shown = now
-            print(f"\r{self.desc}: {self.n}/{self.total}", end="", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        print(file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, desc: str) -> Iterator[Progress]:
-    """A tqdm bar on stderr if tqdm is installed, else a plain stderr counter."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        bar: Any = _StderrProgress(total, desc)
-    else:
-        bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, mininterval=0.5)
-    try:
-        yield bar
-    finally:
-        bar.close()
 
 
 # --- measurement ---------------------------------------------------------------------------
