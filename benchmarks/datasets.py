@@ -421,27 +421,29 @@ class OfflineDataset:
         return str(self._file.attrs["action_mode"])
 
     # --- step columns
-    def _column(self, name: str) -> np.ndarray:
+    def column(self, name: str) -> np.ndarray:
+        """A per-step column by name (e.g. ``"costs"`` or a labeler's ``"safety_oracle"``),
+        read once and cached; ``KeyError`` when the file has none."""
         if name not in self._cache:
             if name not in self._file:
                 raise KeyError(f"{self.path} has no column {name!r}")
             self._cache[name] = self._file[name][()]
         return self._cache[name]
 
-    actions = property(lambda self: self._column("actions"))
-    rewards = property(lambda self: self._column("rewards"))
-    costs = property(lambda self: self._column("costs"))
-    terminals = property(lambda self: self._column("terminals"))
-    timeouts = property(lambda self: self._column("timeouts"))
-    episode_ids = property(lambda self: self._column("episode_ids"))
-    noise = property(lambda self: self._column("noise"))
+    actions = property(lambda self: self.column("actions"))
+    rewards = property(lambda self: self.column("rewards"))
+    costs = property(lambda self: self.column("costs"))
+    terminals = property(lambda self: self.column("terminals"))
+    timeouts = property(lambda self: self.column("timeouts"))
+    episode_ids = property(lambda self: self.column("episode_ids"))
+    noise = property(lambda self: self.column("noise"))
 
     def signal(self, name: str) -> np.ndarray:
         """An ``infos`` column, e.g. ``"ttc"`` or ``"cost_terms/collision"`` (N,) float32."""
         key = f"infos/{name}"
         if key not in self._file:
             raise KeyError(f"{self.path} has no signal {name!r}; it has {self.signal_names()}")
-        return self._column(key)
+        return self.column(key)
 
     def signal_names(self) -> list[str]:
         names: list[str] = []
@@ -449,11 +451,6 @@ class OfflineDataset:
             lambda name, obj: names.append(name) if hasattr(obj, "shape") else None
         )
         return sorted(names)
-
-    def column(self, name: str) -> np.ndarray:
-        """A per-step column by name (e.g. ``"costs"`` or a labeler's ``"safety_oracle"``);
-        ``KeyError`` when the file has none."""
-        return self._column(name)
 
     def column_attrs(self, name: str) -> dict[str, Any]:
         """The attributes of a column (for labels: which labeler, model, ...)."""
@@ -464,7 +461,7 @@ class OfflineDataset:
     @property
     def safety(self) -> np.ndarray | None:
         """p(s) per step of the labeler that wrote it, or None before labeling."""
-        return self._column("safety") if "safety" in self._file else None
+        return self.column("safety") if "safety" in self._file else None
 
     @property
     def safety_labeler(self) -> dict[str, Any] | None:
