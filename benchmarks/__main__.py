@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from benchmarks import collect, speed
 from benchmarks.label import LABEL_COMMAND, LABEL_REPORT_COMMAND
+from benchmarks.train import EVALUATE_COMMAND, TRAIN_COMMAND
 
 
 class Command(NamedTuple):
@@ -31,6 +32,8 @@ COMMANDS: dict[str, Command] = {
     "collect": Command(collect.HELP, collect.add_arguments, collect.run),
     "label": Command(*LABEL_COMMAND),
     "label-report": Command(*LABEL_REPORT_COMMAND),
+    "train": Command(*TRAIN_COMMAND),
+    "evaluate": Command(*EVALUATE_COMMAND),
 }
 
 PROG = "python -m benchmarks"

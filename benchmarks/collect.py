@@ -1,6 +1,6 @@
 """``python -m benchmarks collect``: drive the expert and write an offline dataset (HDF5).
 
-See :mod:`benchmarks.datasets` for the file schema and :func:`benchmarks.datasets.collect`
+See :mod:`carla_safe_envs.datasets` for the file schema and :func:`carla_safe_envs.datasets.collect`
 for how episodes, seeds and noise levels are assigned.
 """
 
@@ -45,7 +45,7 @@ def summarize(path: Path, seconds: float) -> dict[str, Any]:
     """Steps, episodes, collision episodes, steps with cost, file size and steps/s."""
     import numpy as np
 
-    from benchmarks.datasets import OfflineDataset
+    from carla_safe_envs.datasets import OfflineDataset
 
     with OfflineDataset(path) as data:
         collided = np.unique(data.episode_ids[data.signal("collision") > 0])
@@ -66,7 +66,7 @@ def summarize(path: Path, seconds: float) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmarks.datasets import DEFAULT_NOISE, collect
+    from carla_safe_envs.datasets import DEFAULT_NOISE, collect
 
     start = time.perf_counter()
     path = collect(

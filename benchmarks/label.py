@@ -103,7 +103,7 @@ def label_dataset(
     dataset: Any, labeler: Any, *, batch_size: int = 256, progress: bool = True
 ) -> np.ndarray:
     """(N,) float32 p(s) of every step of ``dataset``, streaming frames in batches."""
-    from benchmarks.progress import progress_bar
+    from carla_safe_envs.progress import progress_bar
 
     n = dataset.n_steps
     signals = dataset_signals(dataset, labeler)
@@ -139,7 +139,7 @@ USER_ERRORS = (FileNotFoundError, ValueError, KeyError, ImportError, RuntimeErro
 
 def run_label(args: argparse.Namespace) -> int:
     """Label ``args.dataset`` in place; returns the exit code (2 on a user error)."""
-    from benchmarks.datasets import OfflineDataset
+    from carla_safe_envs.datasets import OfflineDataset
     from vlsafe.labels import make_labeler
 
     path = Path(args.dataset)
@@ -181,7 +181,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     """Print the label report of ``args.dataset``; returns the exit code."""
-    from benchmarks.datasets import OfflineDataset
+    from carla_safe_envs.datasets import OfflineDataset
     from vlsafe.label_report import format_report, plot, report
 
     try:

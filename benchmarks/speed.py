@@ -34,8 +34,8 @@ from typing import Any
 
 import gymnasium as gym
 
-from benchmarks.progress import progress_bar
 from carla_safe_envs.metrics import format_table
+from carla_safe_envs.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 

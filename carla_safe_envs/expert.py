@@ -42,7 +42,7 @@ from carla_safe_envs.backends.base import EGO_LENGTH, LENGTH, VX, VY, WIDTH, YAW
 from carla_safe_envs.env import ACC_LIMIT
 from carla_safe_envs.geometry import boxes_overlap
 from carla_safe_envs.junction import gap_to_zone, in_zone
-from carla_safe_envs.metrics import EpisodeRecorder, aggregate, format_table
+from carla_safe_envs.metrics import aggregate, format_table
 from carla_safe_envs.sim.traffic import ego_extent, idm_acceleration, swept_box
 from carla_safe_envs.sim.vehicle import MAX_STEER, WHEELBASE
 from carla_safe_envs.tasks import ACC_VALUES
@@ -256,6 +256,29 @@ class Expert:
         return int(self.rng.integers(len(ACC_VALUES) * len(self.env.task.steer_values)))
 
 
+class ExpertPolicy:
+    """The expert as a :class:`carla_safe_envs.evaluation.Policy` (it reads the env, not obs).
+
+    One :class:`Expert` per environment, created on the first ``attach`` and reset on later
+    ones, so its noise stream runs on across the episodes of an evaluation.
+    """
+
+    def __init__(self, *, noise: float = 0.0, seed: int | None = None) -> None:
+        self.noise, self.seed = noise, seed
+        self.expert: Expert | None = None
+
+    def attach(self, env: gym.Env) -> None:
+        if self.expert is None or self.expert.env is not env.unwrapped:
+            self.expert = Expert(env, noise=self.noise, seed=self.seed)
+        else:
+            self.expert.reset()
+
+    def act(self, obs, state=None, episode_start=None, deterministic=True):
+        if self.expert is None:
+            raise RuntimeError("ExpertPolicy.act before attach(env): the expert reads the env")
+        return np.asarray([self.expert.act()]), None
+
+
 def run_episodes(
     env_id: str,
     *,
@@ -266,25 +289,17 @@ def run_episodes(
     **env_kwargs,
 ) -> dict[str, float]:
     """Drive ``episodes`` episodes with the expert; the aggregated metrics (DESIGN 4)."""
-    render_mode = "rgb_array" if video_path is not None else None
+    from carla_safe_envs.evaluation import evaluate  # noqa: PLC0415
+
     env_kwargs.setdefault("render_observation", False)  # the expert never looks at the image
-    env = gym.make(env_id, render_mode=render_mode, **env_kwargs)
-    expert = Expert(env, noise=noise, seed=seed)
-    results, frames = [], []
-    for ep in range(episodes):
-        obs, info = env.reset(seed=seed + ep)
-        expert.reset()
-        rec = EpisodeRecorder()
-        done = False
-        while not done:
-            obs, reward, terminated, truncated, info = env.step(expert.act())
-            rec.add(reward, info)
-            if render_mode and ep == 0:
-                frames.append(env.render())
-            done = terminated or truncated
-        results.append(rec.result())
-        log.info("%s episode %d/%d: %s", env_id, ep + 1, episodes, results[-1])
-    env.close()
+    results, frames = evaluate(
+        env_id,
+        ExpertPolicy(noise=noise, seed=seed),
+        episodes=episodes,
+        seed=seed,
+        video_episodes=1 if video_path is not None else 0,
+        **env_kwargs,
+    )
     if video_path is not None and frames:
         write_video(video_path, frames)
     return aggregate(results)

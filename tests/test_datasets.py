@@ -11,9 +11,9 @@ import pytest
 
 h5py = pytest.importorskip("h5py")
 
-from benchmarks import datasets  # noqa: E402
 from benchmarks.__main__ import main  # noqa: E402
-from benchmarks.datasets import SCHEMA, DatasetError, OfflineDataset, collect  # noqa: E402
+from carla_safe_envs import datasets  # noqa: E402
+from carla_safe_envs.datasets import SCHEMA, DatasetError, OfflineDataset, collect  # noqa: E402
 
 TASK = "CarlaLeftTurn-v0"
 STEPS = 300

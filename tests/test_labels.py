@@ -208,7 +208,7 @@ def test_calibration_bins() -> None:
 
 @pytest.fixture(scope="module")
 def dataset_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    datasets = pytest.importorskip("benchmarks.datasets", reason="benchmarks.datasets missing")
+    datasets = pytest.importorskip("carla_safe_envs.datasets", reason="carla_safe_envs.datasets missing")
     out = tmp_path_factory.mktemp("labels") / "left.h5"
     return datasets.collect(TASK, 150, out, seed=3, noise=(0.1, 0.3), progress=False)
 
@@ -225,7 +225,7 @@ def run_cli(argv: list[str]) -> int:
 def test_label_commands_end_to_end(
     dataset_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from benchmarks.datasets import OfflineDataset
+    from carla_safe_envs.datasets import OfflineDataset
 
     data = ["--dataset", str(dataset_path)]
     assert run_cli(["label-report", *data]) == 1  # nothing labeled yet

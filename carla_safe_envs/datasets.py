@@ -109,35 +109,33 @@ def _run_episode(
     on_step: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Drive one expert episode; its step columns as arrays (the ``infos`` under "infos/")."""
-    from carla_safe_envs.expert import Expert
+    from carla_safe_envs.evaluation import run_episode
+    from carla_safe_envs.expert import ExpertPolicy
 
-    env = _make_env(task_id, action_mode, env_kwargs)
-    obs, _ = env.reset(seed=spec.seed)
-    expert = Expert(env, noise=spec.noise, seed=spec.seed)
     rows: dict[str, list] = {k: [] for k in ("observations", "actions", "rewards", "costs")}
     rows |= {"terminals": [], "timeouts": []}
     infos: dict[str, list] = {}
-    done = False
-    while not done and len(rows["actions"]) < spec.max_steps:
-        action = expert.act()
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        rows["observations"].append(obs)
-        rows["actions"].append(action)
-        rows["rewards"].append(reward)
+
+    def record(step) -> None:
+        info = step["info"]
+        rows["observations"].append(step["obs"])
+        rows["actions"].append(step["action"])
+        rows["rewards"].append(step["reward"])
         rows["costs"].append(info["cost"])  # a missing cost is an error (KeyError)
-        rows["terminals"].append(terminated)
-        rows["timeouts"].append(truncated)
+        rows["terminals"].append(step["terminated"])
+        rows["timeouts"].append(step["truncated"])  # a cut at max_steps counts as a timeout
         for key in INFO_KEYS:
             infos.setdefault(f"infos/{key}", []).append(info[key])
         for group in INFO_GROUPS:
             for name, value in info[group].items():
                 infos.setdefault(f"infos/{group}/{name}", []).append(value)
-        obs, done = next_obs, terminated or truncated
         if on_step is not None:
             on_step()
+
+    env = _make_env(task_id, action_mode, env_kwargs)
+    policy = ExpertPolicy(noise=spec.noise, seed=spec.seed)
+    run_episode(env, policy, seed=spec.seed, max_steps=spec.max_steps, on_step=record)
     n = len(rows["actions"])
-    if not done:  # cut at the collection's step budget
-        rows["timeouts"][-1] = True
     action_dtype = np.int64 if action_mode == "discrete" else np.float32
     out = {
         "observations": np.asarray(rows["observations"], dtype=np.uint8),  # (T, 128, 128, 3)
@@ -196,7 +194,7 @@ def _progress(total: int, enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield None
         return
-    from benchmarks.progress import progress_bar
+    from carla_safe_envs.progress import progress_bar
 
     with progress_bar(total, "collect") as bar:
         yield bar

@@ -1,0 +1,515 @@
+"""The ``Agent`` protocol every model of the comparison table implements, and the registry.
+
+An agent is made for one task (``make_agent("ppo", "CarlaLeftTurn-v0", preset="debug")``),
+trained with ``fit`` (online in the environment, or offline from a dataset file), queried with
+``act`` (stable-baselines3's ``predict`` convention, batched, recurrent state carried by the
+caller) and stored with ``save(dir)`` / ``load_agent(dir)``.  A saved agent is a directory with
+``agent.json`` (model, task, preset, the full typed config, seed, environment options,
+package versions, training summary) next to the files the implementation writes.
+
+Implementations subclass :class:`BaseAgent`, which does the bookkeeping (presets, config
+overrides, input checks, the metadata file, round trips) and leaves four methods:
+``_fit``, ``act``, ``_save`` and ``_load``.  The registry maps the model names of DESIGN 6
+(``ppo sac dqn bc cql iql dreamerv3 fosp vlsafe`` and ``expert``) to :class:`AgentSpec`
+entries that name the implementing class by import path, so that listing models never imports
+torch or an RL library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+AGENT_FORMAT = "carla-safe/agent-v1"
+METADATA_FILE = "agent.json"
+PRESET_NAMES: tuple[str, ...] = ("debug", "small", "paper")
+
+Training = Literal["online", "offline", "none"]
+ActionMode = Literal["discrete", "continuous"]
+
+
+class AgentError(ValueError):
+    """A model, preset, dataset or checkpoint that cannot be used; the message says why."""
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """What the evaluation loop, the CLI and the benchmark grid need from a model."""
+
+    name: ClassVar[str]
+    task_id: str
+    action_mode: ActionMode
+
+    def fit(
+        self,
+        dataset: str | os.PathLike | None = None,
+        *,
+        log_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]: ...
+
+    def act(
+        self,
+        obs: np.ndarray,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, Any]: ...
+
+    def save(self, path: str | os.PathLike) -> Path: ...
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """One registry entry.
+
+    Attributes:
+        name: the model name used everywhere (CLI, result store, tables).
+        target: ``"module:Class"`` of the implementation, imported on first use.
+        training: ``online`` (trains in the env), ``offline`` (trains from a dataset file) or
+            ``none`` (nothing to learn).
+        action_mode: the environment action mode the model acts in.
+        needs_safety: offline training needs the dataset's ``safety`` column (p(s) labels).
+        dataset_optional: an online model that can also be trained from a dataset
+            (DreamerV3's offline option).
+        label: the row name of the seed's comparison table.
+        summary: one line for ``--help`` and the README.
+    """
+
+    name: str
+    target: str
+    training: Training
+    action_mode: ActionMode
+    needs_safety: bool = False
+    dataset_optional: bool = False
+    label: str = ""
+    summary: str = ""
+
+    def load_class(self) -> type[BaseAgent]:
+        module, _, attr = self.target.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except ImportError as exc:
+            if (exc.name or "").split(".")[0] in ("baselines", "vlsafe"):
+                raise AgentError(
+                    f"model {self.name!r} is not available in this version of carla-safe "
+                    f"({exc.name} is missing)"
+                ) from exc
+            raise AgentError(
+                f"model {self.name!r} needs {exc.name!r}, which is not installed: "
+                "pip install 'carla-safe[rl]' (or `make install`)"
+            ) from exc
+        return cls
+
+
+AGENTS: dict[str, AgentSpec] = {}
+
+
+def register(spec: AgentSpec) -> AgentSpec:
+    """Add ``spec`` to :data:`AGENTS` (an existing name is an error)."""
+    if spec.name in AGENTS:
+        raise AgentError(f"model {spec.name!r} is already registered ({AGENTS[spec.name].target})")
+    AGENTS[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> AgentSpec:
+    """The registry entry of ``name``; an unknown name lists the known ones."""
+    try:
+        return AGENTS[name]
+    except KeyError:
+        raise AgentError(f"unknown model {name!r}; choose one of: {', '.join(AGENTS)}") from None
+
+
+def make_agent(
+    name: str,
+    task_id: str,
+    *,
+    preset: str = "small",
+    seed: int = 0,
+    env_kwargs: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> BaseAgent:
+    """A new, untrained ``name`` agent for ``task_id`` (``config`` overrides preset fields)."""
+    cls = get_spec(name).load_class()
+    return cls(task_id, preset=preset, seed=seed, env_kwargs=env_kwargs, config=config)
+
+
+def load_agent(path: str | os.PathLike) -> BaseAgent:
+    """The agent saved in directory ``path`` by :meth:`BaseAgent.save`."""
+    meta = read_metadata(path)
+    cls = get_spec(meta["model"]).load_class()
+    return cls.load(path)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """``agent.json`` of a saved agent directory, checked for its format."""
+    file = Path(path) / METADATA_FILE
+    if not file.is_file():
+        raise AgentError(
+            f"{path} is not a saved agent: it has no {METADATA_FILE}. Train one with "
+            "`python -m benchmarks train --model M --task T --out DIR`."
+        )
+    meta = json.loads(file.read_text())
+    if meta.get("format") != AGENT_FORMAT:
+        raise AgentError(
+            f"{file} has format {meta.get('format')!r}; this version of carla-safe reads "
+            f"{AGENT_FORMAT!r} (retrain the model with this version)"
+        )
+    return meta
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a result depends on (those that are installed)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("carla-safe", "numpy", "gymnasium", "torch", "stable-baselines3", "d3rlpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def config_from_dict(base: Any, overrides: Mapping[str, Any] | None) -> Any:
+    """``base`` (a frozen dataclass) with ``overrides`` applied; JSON lists become tuples
+    where the field holds a tuple, and an unknown field is an error naming the valid ones."""
+    if not overrides:
+        return base
+    fields = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise AgentError(
+            f"unknown config field(s) {unknown} for {type(base).__name__}; "
+            f"valid fields: {', '.join(sorted(fields))}"
+        )
+    values = {}
+    for key, value in overrides.items():
+        current = getattr(base, key)
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        values[key] = value
+    return dataclasses.replace(base, **values)
+
+
+class BaseAgent:
+    """Bookkeeping shared by every agent; subclasses set the class attributes and implement
+    ``_fit``, ``act``, ``_save`` and ``_load``.
+
+    Class attributes:
+        name: the registry name.
+        presets: preset name -> config dataclass instance (``debug``, ``small``, ``paper``).
+    """
+
+    name: ClassVar[str] = ""
+    presets: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(
+        self,
+        task_id: str,
+        *,
+        preset: str = "small",
+        seed: int = 0,
+        env_kwargs: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        import carla_safe_envs
+
+        if task_id not in carla_safe_envs.TASK_IDS:
+            raise AgentError(
+                f"unknown task {task_id!r}; choose one of: {', '.join(carla_safe_envs.TASK_IDS)}"
+            )
+        if preset not in self.presets:
+            raise AgentError(
+                f"unknown preset {preset!r} for {self.name}; choose one of: "
+                f"{', '.join(self.presets)}"
+            )
+        self.spec = get_spec(self.name)
+        env_kwargs = dict(env_kwargs or {})
+        mode = env_kwargs.setdefault("action_mode", self.spec.action_mode)
+        if mode != self.spec.action_mode:
+            raise AgentError(
+                f"{self.name} acts in the {self.spec.action_mode!r} action mode, not {mode!r}"
+                + (
+                    "; use sac or iql for continuous control"
+                    if self.spec.action_mode == "discrete"
+                    else "; use ppo, dqn, bc or cql for discrete control"
+                )
+            )
+        self.task_id = task_id
+        self.preset = preset
+        self.seed = int(seed)
+        self.env_kwargs = env_kwargs
+        self.action_mode: ActionMode = self.spec.action_mode
+        self.config = config_from_dict(self.presets[preset], config)
+        self.train_info: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(task={self.task_id!r}, preset={self.preset!r}, seed={self.seed})"
+
+    # ---------------------------------------------------------------- training
+    def make_env(self, **overrides: Any):
+        """A new environment of the agent's task with its ``env_kwargs``."""
+        import gymnasium as gym
+
+        import carla_safe_envs  # noqa: F401 (registers the ids)
+
+        return gym.make(self.task_id, **{**self.env_kwargs, **overrides})
+
+    def fit(
+        self,
+        dataset: str | os.PathLike | None = None,
+        *,
+        log_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Train with the preset's budget; a summary (steps, seconds, final losses).
+
+        Online agents train in the environment and refuse a dataset; offline agents need the
+        dataset file of their task and action mode (and, for VL-SAFE, its safety labels).
+        ``log_dir`` receives the training log (CSV or TensorBoard, by named keys).
+        """
+        training = self.spec.training
+        if training != "offline" and dataset is not None and not self.spec.dataset_optional:
+            raise AgentError(
+                f"{self.name} trains online in the environment and takes no dataset; "
+                "offline models: "
+                + ", ".join(n for n, s in AGENTS.items() if s.training == "offline")
+            )
+        opened = None
+        if training == "offline" or dataset is not None:
+            if dataset is None:
+                raise AgentError(
+                    f"{self.name} trains offline and needs a dataset: `python -m benchmarks "
+                    f"collect --task {self.task_id} --action-mode {self.action_mode} --out FILE` "
+                    "then pass it (--dataset FILE)"
+                )
+            opened = self.check_dataset(dataset)
+        log_path = Path(log_dir) if log_dir is not None else None
+        if log_path is not None:
+            log_path.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            summary = dict(self._fit(opened, log_dir=log_path, progress=progress) or {})
+        finally:
+            if opened is not None:
+                opened.close()
+        summary["seconds"] = round(time.perf_counter() - t0, 3)
+        if dataset is not None:
+            summary["dataset"] = str(dataset)
+        self.train_info = summary
+        return summary
+
+    def check_dataset(self, path: str | os.PathLike):
+        """The opened dataset, after checking that it fits this agent (task, action mode,
+        costs, safety labels); the error says which command fixes a mismatch."""
+        from carla_safe_envs.datasets import OfflineDataset
+
+        data = OfflineDataset(path)
+        try:
+            if data.task != self.task_id:
+                raise AgentError(
+                    f"{path} holds {data.task} data but the agent is for {self.task_id}"
+                )
+            if data.action_mode != self.action_mode:
+                raise AgentError(
+                    f"{path} has {data.action_mode} actions but {self.name} needs "
+                    f"{self.action_mode} ones: collect with --action-mode {self.action_mode}"
+                )
+            if self.spec.needs_safety and data.safety is None:
+                raise AgentError(
+                    f"{path} has no safety labels, which {self.name} needs: run "
+                    f"`python -m benchmarks label --dataset {path} --labeler clip` "
+                    "(or --labeler oracle without CLIP weights)"
+                )
+        except Exception:
+            data.close()
+            raise
+        return data
+
+    def _fit(self, dataset: Any, *, log_dir: Path | None, progress: bool) -> Mapping[str, Any]:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- acting
+    def act(
+        self,
+        obs: np.ndarray,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, Any]:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- storage
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format": AGENT_FORMAT,
+            "model": self.name,
+            "task": self.task_id,
+            "preset": self.preset,
+            "seed": self.seed,
+            "action_mode": self.action_mode,
+            "env_kwargs": self.env_kwargs,
+            "config": dataclasses.asdict(self.config),
+            "train": self.train_info,
+            "versions": versions(),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the agent to directory ``path`` (created); the directory."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self._save(path)
+        text = json.dumps(self.metadata(), indent=2, sort_keys=True, default=_json_default)
+        (path / METADATA_FILE).write_text(text + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BaseAgent:
+        """The agent saved in ``path``; a directory of another model is an error."""
+        meta = read_metadata(path)
+        if meta["model"] != cls.name:
+            raise AgentError(
+                f"{path} holds a {meta['model']!r} agent, not {cls.name!r}: load it with "
+                "baselines.load_agent(path), which picks the right class"
+            )
+        agent = cls(
+            meta["task"],
+            preset=meta["preset"],
+            seed=meta["seed"],
+            env_kwargs=meta["env_kwargs"],
+            config=meta["config"],
+        )
+        agent.train_info = meta.get("train", {})
+        agent._load(Path(path))
+        return agent
+
+    def _save(self, path: Path) -> None:
+        raise NotImplementedError
+
+    def _load(self, path: Path) -> None:
+        raise NotImplementedError
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# ------------------------------------------------------------------ the registry
+_ENTRIES = (
+    AgentSpec(
+        "expert",
+        "baselines.expert:ExpertAgent",
+        "none",
+        "discrete",
+        label="Expert",
+        summary="the privileged data-collecting driver (reads the simulator state)",
+    ),
+    AgentSpec(
+        "ppo",
+        "baselines.sb3:PPOAgent",
+        "online",
+        "discrete",
+        label="PPO",
+        summary="stable-baselines3 PPO, CnnPolicy on the BEV, trained in the env",
+    ),
+    AgentSpec(
+        "sac",
+        "baselines.sb3:SACAgent",
+        "online",
+        "continuous",
+        label="SAC",
+        summary="stable-baselines3 SAC on the continuous (acc, steer) mode",
+    ),
+    AgentSpec(
+        "dqn",
+        "baselines.sb3:DQNAgent",
+        "online",
+        "discrete",
+        label="DQN",
+        summary="stable-baselines3 DQN, CnnPolicy on the BEV, trained in the env",
+    ),
+    AgentSpec(
+        "bc",
+        "baselines.offline:BCAgent",
+        "offline",
+        "discrete",
+        label="BC",
+        summary="d3rlpy DiscreteBC on the expert dataset",
+    ),
+    AgentSpec(
+        "cql",
+        "baselines.offline:CQLAgent",
+        "offline",
+        "discrete",
+        label="CQL",
+        summary="d3rlpy DiscreteCQL on the expert dataset",
+    ),
+    AgentSpec(
+        "iql",
+        "baselines.offline:IQLAgent",
+        "offline",
+        "continuous",
+        label="IQL",
+        summary="d3rlpy IQL on the continuous-mode expert dataset",
+    ),
+    AgentSpec(
+        "dreamerv3",
+        "vlsafe.agents:DreamerV3Agent",
+        "online",
+        "discrete",
+        dataset_optional=True,
+        label="DreamerV3",
+        summary="DreamerV3 on VL-SAFE's world model, reward only",
+    ),
+    AgentSpec(
+        "fosp",
+        "vlsafe.agents:FOSPAgent",
+        "offline",
+        "discrete",
+        label="FSOP",
+        summary="FOSP: expectile critics, reachability-gated weighting, Lagrangian cost",
+    ),
+    AgentSpec(
+        "vlsafe",
+        "vlsafe.agents:VLSafeAgent",
+        "offline",
+        "discrete",
+        needs_safety=True,
+        label="VL-SAFE",
+        summary="VL-SAFE: safety-aware world model, p(s)-weighted actor",
+    ),
+)
+for _spec in _ENTRIES:
+    register(_spec)
+
+#: The nine models of the seed's comparison table, in its row order.
+TABLE_MODELS: tuple[str, ...] = (
+    "ppo",
+    "sac",
+    "dqn",
+    "bc",
+    "cql",
+    "iql",
+    "dreamerv3",
+    "fosp",
+    "vlsafe",
+)
