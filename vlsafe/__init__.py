@@ -1,10 +1,11 @@
-"""The VL-SAFE agent (not implemented yet).
+"""VL-SAFE: the three phases of the method, and the world-model agents built on it.
 
-This package will hold the three phases of VL-SAFE: a CLIP safety labeler (one implementation
-of a ``SafetyLabeler`` protocol, scored against a privileged ground-truth labeler) that turns
-every stored BEV frame into a safety probability p(s); a DreamerV3-style safety-aware world
-model (RSSM with reward, cost, continuation and safety heads) shared with the DreamerV3 and FOSP
-baselines; and the reward / cost critics with the p(s)-weighted actor trained on imagined
-rollouts from the offline dataset. It depends on torch and ``carla_safe_envs``, never on
-``baselines`` or ``benchmarks``.
+Phase 1, safety labels: a CLIP safety labeler (one implementation of a ``SafetyLabeler``
+protocol, scored against a privileged ground-truth labeler) turns every stored BEV frame into a
+safety probability p(s) (:mod:`vlsafe.labels`, :mod:`vlsafe.label_report`).  Phase 2: a
+DreamerV3-style safety-aware world model (RSSM with reward, cost, continuation and safety
+heads), shared with the DreamerV3 and FOSP baselines.  Phase 3: reward / cost critics and the
+p(s)-weighted actor trained on imagined rollouts from the offline dataset.  The labelers and
+the world model depend on torch and ``carla_safe_envs`` only; :mod:`vlsafe.agents` plugs the
+agents into the ``baselines.agent`` protocol and registry.
 """

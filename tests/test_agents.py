@@ -1,0 +1,197 @@
+"""The shared agent tester: every registered model goes through the same checks.
+
+For each model of :data:`baselines.agent.AGENTS` (the nine of the comparison table and the
+expert): a ``debug`` fit (online in the env, or offline from a small labeled dataset), ``act``
+on a batch returns valid actions of the right shape, save/load gives identical deterministic
+actions, and an evaluation through the one loop returns every metric.  Then the bad inputs of
+the protocol: wrong dataset, wrong mode, unknown names, a directory of another model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from baselines.agent import (
+    AGENTS,
+    TABLE_MODELS,
+    AgentError,
+    BaseAgent,
+    get_spec,
+    load_agent,
+    make_agent,
+    read_metadata,
+)
+from benchmarks.__main__ import main
+from benchmarks.train import evaluate_agent
+from carla_safe_envs.metrics import METRIC_NAMES, aggregate
+
+TASK = "CarlaLeftTurn-v0"
+BATCH = 4
+
+
+def agent_class(name: str) -> type[BaseAgent]:
+    """The implementation of ``name``; skipped when its optional dependencies are missing."""
+    try:
+        return get_spec(name).load_class()
+    except AgentError as exc:
+        pytest.skip(str(exc))
+
+
+def dataset_for(name: str, offline_dataset) -> Path | None:
+    spec = get_spec(name)
+    if spec.training != "offline":
+        return None
+    return offline_dataset(TASK, spec.action_mode)
+
+
+def observations(n: int, seed: int = 0) -> np.ndarray:
+    """A batch of real BEV frames from the task (a few random steps in)."""
+    import gymnasium as gym
+
+    env = gym.make(TASK)
+    env.action_space.seed(seed)
+    frames = []
+    obs, _ = env.reset(seed=seed)
+    for _ in range(n):
+        frames.append(obs)
+        obs, *_ = env.step(env.action_space.sample())
+    env.close()
+    return np.stack(frames)
+
+
+def check_actions(actions: np.ndarray, mode: str, n: int) -> None:
+    actions = np.asarray(actions)
+    if mode == "discrete":
+        assert actions.shape == (n,) and np.issubdtype(actions.dtype, np.integer)
+        assert ((actions >= 0) & (actions < 15)).all()
+    else:
+        assert actions.shape == (n, 2) and actions.dtype == np.float32
+        assert (np.abs(actions) <= 1.0).all()
+
+
+def test_registry_holds_the_table_models_and_the_expert() -> None:
+    assert set(TABLE_MODELS) | {"expert"} == set(AGENTS)
+    labels = [get_spec(name).label for name in TABLE_MODELS]
+    assert labels == ["PPO", "SAC", "DQN", "BC", "CQL", "IQL", "DreamerV3", "FSOP", "VL-SAFE"]
+
+
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_presets_and_names(name: str) -> None:
+    cls = agent_class(name)
+    assert cls.name == name
+    assert set(cls.presets) == {"debug", "small", "paper"}
+    for preset in cls.presets.values():
+        assert dataclasses.is_dataclass(preset)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            preset.__setattr__(dataclasses.fields(preset)[0].name, None)
+
+
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_fit_act_save_load_evaluate(name: str, tmp_path: Path, offline_dataset) -> None:
+    agent_class(name)
+    spec = get_spec(name)
+    agent = make_agent(name, TASK, preset="debug", seed=0)
+    summary = agent.fit(
+        dataset_for(name, offline_dataset), log_dir=tmp_path / "logs", progress=False
+    )
+    assert summary["seconds"] >= 0
+    agent.save(tmp_path / "model")
+    meta = read_metadata(tmp_path / "model")
+    assert (meta["model"], meta["task"], meta["preset"]) == (name, TASK, "debug")
+    assert meta["train"]["seconds"] == summary["seconds"]
+    loaded = load_agent(tmp_path / "model")
+    assert type(loaded) is type(agent) and loaded.config == agent.config
+
+    if name != "expert":  # the expert reads the simulator, not observations
+        obs = observations(BATCH)
+        start = np.ones(BATCH, dtype=bool)
+        actions, _ = agent.act(obs, None, start, deterministic=True)
+        check_actions(actions, spec.action_mode, BATCH)
+        again, _ = loaded.act(obs, None, start, deterministic=True)
+        np.testing.assert_array_equal(actions, again)
+        sampled, _ = agent.act(obs, None, start, deterministic=False)
+        check_actions(sampled, spec.action_mode, BATCH)
+
+    results = evaluate_agent(loaded, episodes=1, seed=5)
+    metrics = aggregate(results)
+    assert set(METRIC_NAMES) <= set(metrics)
+    assert all(math.isfinite(metrics[key]) for key in METRIC_NAMES)
+
+
+def test_online_model_refuses_a_dataset(offline_dataset) -> None:
+    agent = make_agent("expert", TASK, preset="debug")
+    assert get_spec("expert").training == "none"
+    with pytest.raises(AgentError, match="takes no dataset"):
+        agent.fit(offline_dataset(TASK))
+
+
+def test_offline_model_needs_a_fitting_dataset(offline_dataset, tmp_path: Path) -> None:
+    agent_class("bc")
+    agent = make_agent("bc", TASK, preset="debug")
+    with pytest.raises(AgentError, match="needs a dataset.*collect"):
+        agent.fit(None)
+    other = make_agent("bc", "CarlaRightTurn-v0", preset="debug")
+    with pytest.raises(AgentError, match="CarlaLeftTurn-v0 data"):
+        other.fit(offline_dataset(TASK))
+
+
+def test_vlsafe_needs_safety_labels(tmp_path: Path) -> None:
+    agent_class("vlsafe")
+    from carla_safe_envs.datasets import collect
+
+    path = collect(TASK, 60, tmp_path / "unlabeled.h5", seed=0, progress=False)
+    with pytest.raises(AgentError, match="no safety labels.*benchmarks label"):
+        make_agent("vlsafe", TASK, preset="debug").fit(path)
+
+
+def test_bad_names_modes_and_config() -> None:
+    with pytest.raises(AgentError, match="unknown model 'nope'.*vlsafe"):
+        make_agent("nope", TASK)
+    with pytest.raises(AgentError, match="unknown task"):
+        make_agent("expert", "CarlaParking-v0")
+    with pytest.raises(AgentError, match="unknown preset 'huge'.*debug"):
+        make_agent("expert", TASK, preset="huge")
+    with pytest.raises(AgentError, match="unknown config field.*noise"):
+        make_agent("expert", TASK, config={"nosie": 0.1})
+    with pytest.raises(AgentError, match="acts in the 'discrete' action mode"):
+        make_agent("expert", TASK, env_kwargs={"action_mode": "continuous"})
+    agent_class("sac")
+    with pytest.raises(AgentError, match="acts in the 'continuous' action mode.*ppo"):
+        make_agent("sac", TASK, env_kwargs={"action_mode": "discrete"})
+
+
+def test_directory_of_another_model_is_refused(tmp_path: Path) -> None:
+    make_agent("expert", TASK, preset="debug").save(tmp_path / "expert")
+    bc = agent_class("bc")
+    with pytest.raises(AgentError, match="holds a 'expert' agent, not 'bc'"):
+        bc.load(tmp_path / "expert")
+    with pytest.raises(AgentError, match="not a saved agent"):
+        load_agent(tmp_path / "missing")
+    meta = tmp_path / "expert" / "agent.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "format": "other/v0"}))
+    with pytest.raises(AgentError, match="format 'other/v0'"):
+        load_agent(tmp_path / "expert")
+
+
+def test_train_and_evaluate_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "expert"
+    argv = ["train", "--model", "expert", "--task", TASK, "--preset", "debug", "--out", str(out)]
+    assert main([*argv, "--config", "noise=0.0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "expert"
+    assert (
+        main(["evaluate", "--model-dir", str(out), "--episodes", "2", "--no-progress", "--json"])
+        == 0
+    )
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["episodes"] == 2 and metrics["AR"] == 1.0 and metrics["CR"] == 0.0
+    # user errors exit 2 with a message, no traceback
+    assert main(["evaluate", "--model-dir", str(tmp_path / "none"), "--no-progress"]) == 2
+    assert "not a saved agent" in capsys.readouterr().err
+    assert main([*argv[:-1], str(tmp_path / "x"), "--config", "bogus=1"]) == 2
+    assert "unknown config field" in capsys.readouterr().err
