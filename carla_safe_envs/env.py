@@ -37,7 +37,10 @@ Starting State:
 
 Episode End:
     ``terminated`` on a collision, on leaving the route (lateral error > 3 m) or on arrival
-    (the last waypoint reached); ``truncated`` after 500 steps (``max_episode_steps``).
+    (the last waypoint reached); ``truncated`` after 500 steps (``max_episode_steps``), or when
+    the backend lost the episode (``backend="carla"``: the server died or hung; that step
+    simulates nothing, has zero reward and cost, and its info carries the backend's flags,
+    e.g. ``info["server_restarted"]``).
 
 Arguments:
     ``gym.make(ID, backend="sim", action_mode="discrete", render_mode=None,
@@ -62,6 +65,7 @@ from carla_safe_envs.backends import make_backend
 from carla_safe_envs.backends.base import (
     DT,
     VY,
+    BackendInterrupted,
     Control,
     Pose,
     TrafficSpec,
@@ -125,6 +129,28 @@ def cost_terms(sig: StepSignals) -> dict[str, float]:
     }
 
 
+def discrete_action_values(task_id: str) -> np.ndarray:
+    """(n, 2) float64: (acc [m/s^2], steer) of each discrete action of ``task_id``, index
+    ``i = acc_index * len(steer_values) + steer_index`` (CarDreamer's order); the one table
+    :meth:`CarlaSafeEnv.action_to_control` reads."""
+    steer_values = TASKS[task_id].steer_values
+    return np.array([(acc, steer) for acc in ACC_VALUES for steer in steer_values])
+
+
+def discrete_to_continuous(task_id: str, actions: Any) -> np.ndarray:
+    """(..., 2) float32: the continuous-mode actions ``(acc / ACC_LIMIT, steer)`` that give the
+    same control as the discrete ``actions`` (indices, any shape) of ``task_id``."""
+    table = (discrete_action_values(task_id) / (ACC_LIMIT, 1.0)).astype(np.float32)
+    index = np.asarray(actions)
+    if not np.issubdtype(index.dtype, np.integer) or (
+        index.size and (index.min() < 0 or index.max() >= len(table))
+    ):
+        raise ValueError(
+            f"discrete actions of {task_id} must be integers in [0, {len(table)}), got {actions!r}"
+        )
+    return table[index]
+
+
 class CarlaSafeEnv(gym.Env):
     __doc__ = __doc__
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -159,7 +185,8 @@ class CarlaSafeEnv(gym.Env):
         self.render_observation = bool(render_observation)
         self.observation_space = spaces.Box(0, 255, (OBS_SIZE, OBS_SIZE, 3), np.uint8)
         if action_mode == "discrete":
-            self.action_space = spaces.Discrete(len(ACC_VALUES) * len(self.task.steer_values))
+            self._discrete_values = [tuple(v) for v in discrete_action_values(task).tolist()]
+            self.action_space = spaces.Discrete(len(self._discrete_values))
         else:
             self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)  # (acc / ACC_LIMIT, steer)
         self._bev = BevRenderer(self.road, size=OBS_SIZE)
@@ -185,10 +212,7 @@ class CarlaSafeEnv(gym.Env):
                 raise ValueError(
                     f"discrete action {i} is out of range: expected 0 <= action < {self.action_space.n}"
                 )
-            acc, steer = (
-                ACC_VALUES[i // len(self.task.steer_values)],
-                self.task.steer_values[i % len(self.task.steer_values)],
-            )
+            acc, steer = self._discrete_values[i]
         else:
             a = np.asarray(action, dtype=np.float64)
             if a.shape != (2,) or not np.all(np.isfinite(a)):
@@ -242,7 +266,10 @@ class CarlaSafeEnv(gym.Env):
             raise gym.error.ResetNeeded("call reset() before step()")
         control = self.action_to_control(action)
         px, py = self.snapshot.ego[X : Y + 1].tolist()
-        snap = self.snapshot = self.backend.step(control)
+        try:
+            snap = self.snapshot = self.backend.step(control)
+        except BackendInterrupted as exc:
+            return self._interrupted(exc)
         x, y = snap.ego[X : Y + 1].tolist()  # Python floats: scalar maths on numpy is slower
         self._distance += math.hypot(x - px, y - py)
         proj = self._projection = self.route.project(x, y)
@@ -257,6 +284,16 @@ class CarlaSafeEnv(gym.Env):
         info = self._info(sig, reward=rterms, cost=cterms)
         info["off_route"] = off_route
         return self._observe(), reward, terminated, False, info
+
+    def _interrupted(self, exc: BackendInterrupted):
+        """End the episode as truncated: the backend lost it (nothing was simulated)."""
+        sig = self._signals(self.snapshot, self._projection, new_waypoints=0, initial=True)
+        info = self._info(sig, reward={}, cost={})
+        info["off_route"] = False
+        info.update(exc.info)
+        obs = self._observe()
+        self.snapshot = None  # the next step needs a reset
+        return obs, 0.0, False, True, info
 
     def _signals(
         self, snap: WorldSnapshot, proj, *, new_waypoints: int, initial: bool = False

@@ -100,7 +100,7 @@ def test_waypoint_and_speed_terms_on_a_straight_drive():
     ("kwargs", "message"),
     [
         ({"backend": "unreal"}, "unknown backend 'unreal'.*'sim'"),
-        ({"backend": "carla"}, "issue 8"),
+        ({"backend": "carla", "backend_options": {"port": 70000}}, "port=70000 is out of range"),
         ({"difficulty": "insane"}, "unknown difficulty 'insane'.*simple"),
         ({"action_mode": "analog"}, "unknown action_mode"),
     ],

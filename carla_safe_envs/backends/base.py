@@ -106,6 +106,19 @@ class WorldSnapshot:
         return float(np.hypot(self.ego[VX], self.ego[VY]))
 
 
+class BackendInterrupted(RuntimeError):
+    """The simulator lost the running episode (e.g. the CARLA server died or hung).
+
+    Raised by :meth:`Backend.step` after the backend has tried to recover (reconnected, or
+    relaunched its server); the environment ends the episode as truncated, merges ``info`` into
+    the step's info dict, and the next ``reset()`` starts a fresh episode.
+    """
+
+    def __init__(self, message: str, *, info: dict | None = None):
+        super().__init__(message)
+        self.info = dict(info or {})
+
+
 class Backend(Protocol):
     """What the environment needs from a simulator."""
 
@@ -113,6 +126,8 @@ class Backend(Protocol):
 
     def reset(self, scenario: Scenario, rng: np.random.Generator) -> WorldSnapshot: ...
 
-    def step(self, control: Control) -> WorldSnapshot: ...
+    def step(self, control: Control) -> WorldSnapshot:
+        """Advance 0.1 s; raises :class:`BackendInterrupted` when the episode was lost."""
+        ...
 
     def close(self) -> None: ...
