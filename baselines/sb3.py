@@ -1,0 +1,625 @@
+"""The stable-baselines3 baselines: PPO and DQN (discrete actions) and SAC (continuous mode).
+
+One generic :class:`SB3Agent` drives all three; each subclass only names its registry entry,
+its SB3 algorithm and its presets.  The policy is SB3's ``CnnPolicy`` (the Nature-DQN CNN) on
+the raw BEV: observations stay ``(128, 128, 3)`` uint8 until the network, SB3 wraps the
+training environments in ``VecTransposeImage`` (channel-first) and divides by 255 inside the
+policy.  No frame stacking: the BEV already shows the route and the traffic around the ego.
+
+Hyperparameters are typed, frozen dataclasses whose defaults are the ``paper`` preset, derived
+from rl-baselines3-zoo's recommended image settings (``hyperparams/ppo.yml`` and ``dqn.yml``,
+entry ``atari``; the zoo has no pixel SAC entry, see :class:`SACConfig`); each class docstring
+says where and why ours differ.  ``small`` (CPU-trainable in hours) and ``debug`` (a few
+hundred steps, for tests) name only the fields they change.
+
+These algorithms maximize the return only, but the safety cost is recorded while they train:
+:class:`EpisodeLogCallback` writes each training episode's return, cost (the sum of
+``info["cost"]``), collisions and length to SB3's logger under the ``episode/*`` keys (CSV,
+plus TensorBoard when ``tensorboard`` is installed, under ``log_dir``), and ``fit`` returns
+their means.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.util
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3 import DQN, PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import Logger, configure
+from stable_baselines3.common.utils import LinearSchedule
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+from baselines.agent import AgentError, BaseAgent
+from carla_safe_envs.progress import Progress, progress_bar
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.zip"
+FRAME_BYTES = 128 * 128 * 3  # one uint8 BEV frame: 48 KiB
+EPISODE_KEYS = ("episode/return", "episode/cost", "episode/collisions", "episode/length")
+SUMMARY_WINDOW = 100  # fit's means cover the last 100 training episodes, like SB3's rollout/*
+
+VecEnvKind = Literal["dummy", "subproc"]
+_VEC_ENV_CLASSES: dict[str, type[VecEnv]] = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+
+
+# ---------------------------------------------------------------------------- configs
+@dataclass(frozen=True)
+class SB3Config:
+    """Fields every SB3 agent has (the defaults are overridden per algorithm).
+
+    Attributes:
+        total_timesteps: environment steps of one ``fit``, summed over the ``n_envs``
+            environments (0.1 s of driving each); SB3 rounds it up to whole rollouts
+            (PPO) or ``train_freq`` chunks (DQN, SAC).
+        n_envs: environments stepped in lockstep to collect experience.
+        vec_env: ``"dummy"`` steps them one after the other in this process (best when the
+            network, not the ~1 ms simulator step, takes the time, as on a CPU);
+            ``"subproc"`` runs one process per environment.
+        learning_rate: Adam step size (PPO decays it linearly to 0, see ``linear_decay``).
+        gamma: discount factor per 0.1 s step (0.99: a horizon of ~10 s of driving).
+        batch_size: transitions per gradient step (PPO: per minibatch).
+        features_dim: width of the Nature-CNN's output layer (its three conv layers are
+            fixed: 32x8x8/4, 64x4x4/2, 64x3x3/1, giving 12 x 12 x 64 maps on a 128 px BEV).
+        device: torch device, ``"auto"`` = CUDA when available, else the CPU.
+    """
+
+    total_timesteps: int = 1_000_000
+    n_envs: int = 1
+    vec_env: VecEnvKind = "dummy"
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    batch_size: int = 256
+    features_dim: int = 512
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        positive = ("total_timesteps", "n_envs", "batch_size", "features_dim")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise AgentError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.vec_env not in _VEC_ENV_CLASSES:
+            raise AgentError(
+                f"vec_env must be one of {', '.join(_VEC_ENV_CLASSES)}, got {self.vec_env!r}"
+            )
+        if not 0.0 < self.gamma <= 1.0:
+            raise AgentError(f"gamma must be in (0, 1], got {self.gamma}")
+        if not self.learning_rate > 0.0:
+            raise AgentError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+    def algorithm_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the SB3 algorithm's constructor (besides policy, env, seed)."""
+        return {
+            "learning_rate": self.learning_rate,
+            "gamma": self.gamma,
+            "batch_size": self.batch_size,
+            "device": self.device,
+            "policy_kwargs": {"features_extractor_kwargs": {"features_dim": self.features_dim}},
+        }
+
+
+@dataclass(frozen=True)
+class PPOConfig(SB3Config):
+    """PPO (Schulman et al. 2017, arXiv:1707.06347), zoo ``ppo.yml`` ``atari`` entry.
+
+    The zoo's values are kept: 8 envs x 128 steps per rollout, 4 epochs of minibatches of
+    256, learning rate 2.5e-4 and clip range 0.1 both decaying linearly to 0, entropy
+    coefficient 0.01, value coefficient 0.5.  Differences: 1e6 steps instead of 1e7 frames
+    (the zoo counts frames of a 4-frame skip, so 2.5e6 agent steps; our budget is the same
+    for the three SB3 agents, ~28 h of driving), and no frame stack (see the module).
+
+    Attributes:
+        n_steps: steps per environment in one rollout (a rollout is ``n_steps * n_envs``).
+        n_epochs: passes over each rollout.
+        gae_lambda: GAE lambda.
+        clip_range: PPO's policy ratio clip.
+        ent_coef: entropy bonus coefficient.
+        vf_coef: value loss coefficient.
+        max_grad_norm: gradient norm clip.
+        linear_decay: decay ``learning_rate`` and ``clip_range`` linearly to 0 over
+            ``total_timesteps`` (the zoo's ``lin_`` schedules).
+    """
+
+    total_timesteps: int = 1_000_000
+    n_envs: int = 8
+    learning_rate: float = 2.5e-4
+    batch_size: int = 256
+    n_steps: int = 128
+    n_epochs: int = 4
+    gae_lambda: float = 0.95
+    clip_range: float = 0.1
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    linear_decay: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_steps * self.n_envs < 2:
+            raise AgentError("PPO needs n_steps * n_envs >= 2 (one rollout)")
+        if self.batch_size > self.n_steps * self.n_envs:
+            raise AgentError(
+                f"batch_size {self.batch_size} is larger than a rollout of n_steps * n_envs = "
+                f"{self.n_steps * self.n_envs} transitions"
+            )
+
+    def algorithm_kwargs(self) -> dict[str, Any]:
+        kwargs = super().algorithm_kwargs()
+        schedule = _linear_to_zero if self.linear_decay else float
+        kwargs.update(
+            learning_rate=schedule(self.learning_rate),
+            clip_range=schedule(self.clip_range),
+            n_steps=self.n_steps,
+            n_epochs=self.n_epochs,
+            gae_lambda=self.gae_lambda,
+            ent_coef=self.ent_coef,
+            vf_coef=self.vf_coef,
+            max_grad_norm=self.max_grad_norm,
+        )
+        return kwargs
+
+
+@dataclass(frozen=True)
+class ReplayConfig(SB3Config):
+    """Fields of the replay-buffer algorithms (DQN, SAC).
+
+    A replay buffer of BEV frames is the memory cost of these agents: 48 KiB per frame, so
+    100,000 transitions hold 4.9 GB of observations with ``optimize_memory_usage`` (each frame
+    stored once) and 9.8 GB without (the next observation stored apart).
+
+    Attributes:
+        buffer_size: transitions kept in the replay buffer (see the RAM cost above).
+        learning_starts: environment steps of pure exploration before the first update.
+        train_freq: environment steps (per environment) between two training phases.
+        gradient_steps: gradient steps per training phase.
+        optimize_memory_usage: store each frame once (halves the buffer's RAM).  SB3 then
+            cannot tell a 500-step time limit from a real end (its issue #934), so a
+            truncated episode is not bootstrapped: a small bias on the last steps before
+            the limit, the price of half the memory.
+    """
+
+    buffer_size: int = 100_000
+    learning_starts: int = 50_000
+    train_freq: int = 4
+    gradient_steps: int = 1
+    optimize_memory_usage: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("buffer_size", "train_freq"):
+            if getattr(self, name) < 1:
+                raise AgentError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_starts < 0:
+            raise AgentError(f"learning_starts must be >= 0, got {self.learning_starts}")
+
+    @property
+    def replay_bytes(self) -> int:
+        """Approximate RAM of the buffer's observations [bytes]."""
+        return self.buffer_size * FRAME_BYTES * (1 if self.optimize_memory_usage else 2)
+
+    def algorithm_kwargs(self) -> dict[str, Any]:
+        kwargs = super().algorithm_kwargs()
+        kwargs.update(
+            buffer_size=self.buffer_size,
+            learning_starts=self.learning_starts,
+            train_freq=self.train_freq,
+            gradient_steps=self.gradient_steps,
+            optimize_memory_usage=self.optimize_memory_usage,
+            # SB3 refuses timeout handling together with the memory optimization (#934)
+            replay_buffer_kwargs={"handle_timeout_termination": not self.optimize_memory_usage},
+        )
+        return kwargs
+
+
+@dataclass(frozen=True)
+class DQNConfig(ReplayConfig):
+    """DQN (Mnih et al. 2015, Nature 518), zoo ``dqn.yml`` ``atari`` entry.
+
+    Kept from the zoo: learning rate 1e-4, batch 32, an update every 4 steps, epsilon from 1
+    to 0.1 over the first 10% of training, target network copied every 10,000 steps.
+    Differences: a replay buffer of 1e5 instead of 1e6 (1e6 BEV frames would be 49 GB;
+    1e5 is 4.9 GB with ``optimize_memory_usage``), learning starts after 5e4 steps instead of
+    1e5 (half the smaller buffer), and 1e6 steps instead of 1e7 frames, as for PPO.
+
+    Attributes:
+        target_update_interval: environment steps between two target network copies.
+        exploration_fraction: share of ``total_timesteps`` over which epsilon decays.
+        exploration_initial_eps: epsilon at the start.
+        exploration_final_eps: epsilon after the decay.
+        max_grad_norm: gradient norm clip.
+    """
+
+    learning_rate: float = 1e-4
+    batch_size: int = 32
+    target_update_interval: int = 10_000
+    exploration_fraction: float = 0.1
+    exploration_initial_eps: float = 1.0
+    exploration_final_eps: float = 0.1
+    max_grad_norm: float = 10.0
+
+    def algorithm_kwargs(self) -> dict[str, Any]:
+        kwargs = super().algorithm_kwargs()
+        kwargs.update(
+            target_update_interval=self.target_update_interval,
+            exploration_fraction=self.exploration_fraction,
+            exploration_initial_eps=self.exploration_initial_eps,
+            exploration_final_eps=self.exploration_final_eps,
+            max_grad_norm=self.max_grad_norm,
+        )
+        return kwargs
+
+
+@dataclass(frozen=True)
+class SACConfig(ReplayConfig):
+    """SAC (Haarnoja et al. 2018, arXiv:1812.05905) on the continuous ``(acc / 3, steer)``.
+
+    The zoo has no pixel SAC entry; we start from its ``CarRacing-v0`` SAC entry (the closest
+    driving task; there an MLP on autoencoder features): learning rate 7.3e-4, batch 256,
+    tau 0.02, gamma 0.99, automatic entropy coefficient, 8 environment steps then 10
+    gradient steps, learning starts after 1,000 steps.  Differences: a replay buffer of 1e5
+    instead of 3e5 (3e5 BEV frames would be 14.7 GB even stored once), a 10,000-step
+    random warm-up (the zoo's 1,000 fill only 1% of our buffer), no gSDE (``use_sde``;
+    plain Gaussian exploration, as in SB3's defaults), and SB3's default networks: a
+    Nature-CNN each for actor and critics and 256-256 heads.
+
+    Attributes:
+        tau: soft target update rate.
+        ent_coef: entropy coefficient, or ``"auto"`` to learn it (``"auto_0.1"``: learned,
+            starting at 0.1).
+    """
+
+    learning_rate: float = 7.3e-4
+    batch_size: int = 256
+    tau: float = 0.02
+    ent_coef: float | str = "auto"
+    learning_starts: int = 10_000
+    train_freq: int = 8
+    gradient_steps: int = 10
+
+    def algorithm_kwargs(self) -> dict[str, Any]:
+        kwargs = super().algorithm_kwargs()
+        kwargs.update(tau=self.tau, ent_coef=self.ent_coef)
+        return kwargs
+
+
+def _linear_to_zero(value: float) -> LinearSchedule:
+    """``value`` at the start of training, 0 at its end (SB3's ``progress_remaining``)."""
+    return LinearSchedule(start=value, end=0.0, end_fraction=1.0)
+
+
+def _presets(paper: SB3Config, **changes: Mapping[str, Any]) -> dict[str, SB3Config]:
+    """``paper`` and the presets that differ from it by the given fields."""
+    out = {name: dataclasses.replace(paper, **fields) for name, fields in changes.items()}
+    out["paper"] = paper
+    return out
+
+
+PPO_PRESETS = _presets(
+    PPOConfig(),
+    # Two rollouts of 2 envs x 64 steps, one epoch each: ~6 s on the 2-vCPU machine.
+    debug={
+        "total_timesteps": 256,
+        "n_envs": 2,
+        "n_steps": 64,
+        "batch_size": 64,
+        "n_epochs": 1,
+        "features_dim": 64,
+    },
+    # The zoo's settings for 2e5 steps. Measured on the 2-vCPU machine: 75 steps/s with both
+    # cores free (45 min), 30-38 steps/s while shared (load ~3.3; ~1.5-2 h).
+    small={"total_timesteps": 200_000},
+)
+DQN_PRESETS = _presets(
+    DQNConfig(),
+    debug={
+        "total_timesteps": 300,
+        "buffer_size": 500,
+        "learning_starts": 100,
+        "batch_size": 16,
+        "target_update_interval": 100,
+        "features_dim": 64,
+    },
+    # An update every 8 steps instead of 4 (a batch-32 update costs ~0.2-0.4 s on a CPU).
+    # Measured on the 2-vCPU machine: 46 steps/s with both cores free (55 min), 9-17 while
+    # shared (load ~4.5; 2.5-4.5 h).  A 2.5 GB replay buffer.
+    small={
+        "total_timesteps": 150_000,
+        "buffer_size": 50_000,
+        "learning_starts": 10_000,
+        "train_freq": 8,
+        "target_update_interval": 5_000,
+    },
+)
+SAC_PRESETS = _presets(
+    SACConfig(),
+    # 25 small updates: SAC's five CNN passes per update dominate a CPU.
+    debug={
+        "total_timesteps": 300,
+        "buffer_size": 500,
+        "learning_starts": 100,
+        "batch_size": 8,
+        "train_freq": 8,
+        "gradient_steps": 1,
+        "features_dim": 64,
+    },
+    # One batch-32 update per 8 steps: SAC's update (five CNN passes) costs ~0.5-1 s on a
+    # CPU.  Measured on the 2-vCPU machine: 16 steps/s with both cores free (52 min), 4-7
+    # while shared (load ~4; 2-3.5 h).  A 2.5 GB replay buffer.
+    small={
+        "total_timesteps": 50_000,
+        "buffer_size": 50_000,
+        "learning_starts": 5_000,
+        "batch_size": 32,
+        "train_freq": 8,
+        "gradient_steps": 1,
+    },
+)
+
+
+# ---------------------------------------------------------------------------- callbacks
+class EpisodeLogCallback(BaseCallback):
+    """Logs every finished training episode's return, cost, collisions and length.
+
+    Reads the vectorized step's ``rewards``, ``dones`` and ``infos`` (SB3 hands every
+    callback the collecting loop's locals), sums per environment, and at each episode end
+    records the sums with ``logger.record_mean`` under :data:`EPISODE_KEYS`, so that each
+    log row holds the means over the episodes that ended since the last row.  ``episodes``
+    keeps one dict per finished episode for ``fit``'s summary.  A step without
+    ``info["cost"]`` is an error: a missing cost is never read as 0.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.episodes: list[dict[str, float]] = []
+        self._sums: np.ndarray | None = None  # (n_envs, 4): return, cost, collisions, length
+
+    def _on_training_start(self) -> None:
+        self._sums = np.zeros((self.training_env.num_envs, len(EPISODE_KEYS)), np.float64)
+
+    def _on_step(self) -> bool:
+        assert self._sums is not None
+        rewards, dones, infos = self.locals["rewards"], self.locals["dones"], self.locals["infos"]
+        for i, info in enumerate(infos):
+            missing = [key for key in ("cost", "collision") if key not in info]
+            if missing:
+                raise AgentError(
+                    f"the training environment's info has no {missing} (keys: {sorted(info)}); "
+                    "carla-safe environments always report them: is the env wrapped by "
+                    "something that drops infos?"
+                )
+            self._sums[i] += (float(rewards[i]), float(info["cost"]), bool(info["collision"]), 1)
+            if dones[i]:
+                episode = dict(zip(EPISODE_KEYS, self._sums[i].tolist(), strict=True))
+                for key, value in episode.items():
+                    self.logger.record_mean(key, value)
+                self.episodes.append(episode)
+                self._sums[i] = 0.0
+        self.logger.record("episode/count", len(self.episodes))
+        return True
+
+    def _on_training_end(self) -> None:
+        # A last row: the episodes (and PPO's losses) since the last dump would wait for a
+        # dump that never comes.
+        self.logger.record("episode/count", len(self.episodes))
+        self.logger.dump(self.num_timesteps)
+
+    def summary(self) -> dict[str, Any]:
+        """Episodes finished and the means over the last :data:`SUMMARY_WINDOW` of them
+        (``None`` when no episode ended during training)."""
+        last = self.episodes[-SUMMARY_WINDOW:]
+
+        def mean(key: str) -> float | None:
+            return round(float(np.mean([e[key] for e in last])), 4) if last else None
+
+        return {
+            "episodes": len(self.episodes),
+            "summary_episodes": len(last),
+            "return_mean": mean("episode/return"),
+            "cost_mean": mean("episode/cost"),
+            "collision_rate": mean("episode/collisions"),
+            "length_mean": mean("episode/length"),
+        }
+
+
+class ProgressCallback(BaseCallback):
+    """Advances a :func:`carla_safe_envs.progress.progress_bar` by the environment steps
+    taken (the project's one progress bar: tqdm when installed, else a counter; SB3's own
+    ``progress_bar=True`` would also need ``rich``)."""
+
+    def __init__(self, bar: Progress) -> None:
+        super().__init__()
+        self.bar = bar
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.training_env.num_envs)
+        return True
+
+
+# ---------------------------------------------------------------------------- the agent
+def _make_env(task_id: str, env_kwargs: Mapping[str, Any]) -> gym.Env:
+    """The agent's environment, as :meth:`BaseAgent.make_env` makes it, from a picklable
+    factory: ``SubprocVecEnv`` pickles the factory into each worker, and pickling the agent
+    itself would ship its model and replay buffer."""
+    import carla_safe_envs  # noqa: F401 (registers the ids in a fresh worker)
+
+    return gym.make(task_id, **env_kwargs)
+
+
+class SB3Agent(BaseAgent):
+    """A stable-baselines3 algorithm with a ``CnnPolicy`` on the BEV, trained online.
+
+    Subclasses set ``name``, ``presets`` and ``algorithm`` (the SB3 class).  ``fit`` trains in
+    ``n_envs`` vectorized environments seeded ``seed, seed + 1, ...`` (the model's own
+    randomness is seeded with ``seed`` too); a second ``fit`` continues training the same
+    model for another ``total_timesteps`` (a loaded model starts with an empty replay
+    buffer: SB3 does not save it).
+    """
+
+    algorithm: ClassVar[type[BaseAlgorithm]]
+    config: SB3Config
+
+    def __init__(self, task_id: str, **kwargs: Any) -> None:
+        super().__init__(task_id, **kwargs)
+        self.model: BaseAlgorithm | None = None
+
+    # ---------------------------------------------------------------- training
+    def make_vec_env(self) -> VecEnv:
+        """The training environments: ``n_envs`` copies with ``Monitor``, seeded from the
+        agent's seed."""
+        factory = functools.partial(_make_env, self.task_id, dict(self.env_kwargs))
+        return make_vec_env(
+            factory,
+            n_envs=self.config.n_envs,
+            seed=self.seed,
+            vec_env_cls=_VEC_ENV_CLASSES[self.config.vec_env],
+        )
+
+    def _fit(self, dataset: Any, *, log_dir: Path | None, progress: bool) -> Mapping[str, Any]:
+        cfg = self.config
+        if isinstance(cfg, ReplayConfig):
+            log.info(
+                "%s replay buffer: %d transitions, ~%.1f GB of BEV frames",
+                self.name,
+                cfg.buffer_size,
+                cfg.replay_bytes / 1e9,
+            )
+        env = self.make_vec_env()
+        logger = _make_logger(log_dir)
+        episodes = EpisodeLogCallback()
+        try:
+            if self.model is None:
+                self.model = self.algorithm(
+                    "CnnPolicy", env, seed=self.seed, verbose=0, **cfg.algorithm_kwargs()
+                )
+            else:
+                self.model.set_env(env)
+            self.model.set_logger(logger)
+            start = self.model.num_timesteps
+            with _maybe_progress(progress, cfg.total_timesteps, f"train {self.name}") as bar:
+                callbacks: list[BaseCallback] = [episodes]
+                if bar is not None:
+                    callbacks.append(ProgressCallback(bar))
+                self.model.learn(
+                    cfg.total_timesteps,
+                    callback=CallbackList(callbacks),
+                    log_interval=1,
+                    reset_num_timesteps=start == 0,
+                )
+        finally:
+            env.close()
+            logger.close()
+        summary = {"steps": self.model.num_timesteps - start, **episodes.summary()}
+        log.info("%s on %s: %s", self.name, self.task_id, summary)
+        return summary
+
+    # ---------------------------------------------------------------- acting
+    def act(
+        self,
+        obs: np.ndarray,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, Any]:
+        """Actions for a batch of BEV frames ``(B, 128, 128, 3)`` uint8: ``(B,)`` ints in
+        discrete mode, ``(B, 2)`` floats in ``[-1, 1]`` in continuous mode."""
+        model = self._trained_model()
+        obs = np.asarray(obs)
+        c, h, w = model.observation_space.shape  # SB3 stores the transposed image space
+        if obs.ndim != 4 or obs.shape[1:] != (h, w, c) or obs.dtype != np.uint8:
+            raise ValueError(
+                f"{self.name}.act expects a batch of BEV frames of shape (B, {h}, {w}, {c}) "
+                f"and dtype uint8, got shape {obs.shape} and dtype {obs.dtype} "
+                "(one frame: pass obs[None])"
+            )
+        actions, state = model.predict(
+            obs, state=state, episode_start=episode_start, deterministic=deterministic
+        )
+        space = model.action_space
+        if isinstance(space, gym.spaces.Box):
+            actions = np.clip(actions, space.low, space.high)  # float rounding of the squash
+        return actions, state
+
+    def _trained_model(self) -> BaseAlgorithm:
+        if self.model is None:
+            raise AgentError(
+                f"{self.name} has no model yet: call fit() or load a trained one "
+                "(baselines.load_agent(dir))"
+            )
+        return self.model
+
+    # ---------------------------------------------------------------- storage
+    def _save(self, path: Path) -> None:
+        self._trained_model().save(path / MODEL_FILE)
+
+    def _load(self, path: Path) -> None:
+        file = path / MODEL_FILE
+        if not file.is_file():
+            raise AgentError(f"{path} has no {MODEL_FILE}: it was not saved by a trained agent")
+        self.model = self.algorithm.load(file, device=self.config.device)
+
+
+def _make_logger(log_dir: Path | None) -> Logger:
+    """SB3's logger writing CSV (and TensorBoard when installed) to ``log_dir``; silent
+    without one."""
+    if log_dir is None:
+        return Logger(folder=None, output_formats=[])
+    formats = ["csv"]
+    if importlib.util.find_spec("tensorboard") is not None:
+        formats.append("tensorboard")
+    return configure(str(log_dir), formats)
+
+
+def _maybe_progress(enabled: bool, total: int, desc: str):
+    """A progress bar over ``total`` steps, or nothing."""
+    return progress_bar(total, desc) if enabled else contextlib.nullcontext()
+
+
+class PPOAgent(SB3Agent):
+    """PPO with a ``CnnPolicy`` on the BEV, discrete actions (see :class:`PPOConfig`)."""
+
+    name = "ppo"
+    algorithm = PPO
+    presets = PPO_PRESETS
+
+
+class DQNAgent(SB3Agent):
+    """DQN with a ``CnnPolicy`` on the BEV, discrete actions (see :class:`DQNConfig`)."""
+
+    name = "dqn"
+    algorithm = DQN
+    presets = DQN_PRESETS
+
+
+class SACAgent(SB3Agent):
+    """SAC with a ``CnnPolicy`` on the BEV, continuous actions (see :class:`SACConfig`)."""
+
+    name = "sac"
+    algorithm = SAC
+    presets = SAC_PRESETS
+
+
+__all__ = [
+    "DQNAgent",
+    "DQNConfig",
+    "EPISODE_KEYS",
+    "EpisodeLogCallback",
+    "PPOAgent",
+    "PPOConfig",
+    "ReplayConfig",
+    "SACAgent",
+    "SACConfig",
+    "SB3Agent",
+    "SB3Config",
+]
