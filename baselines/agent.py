@@ -85,6 +85,9 @@ class AgentSpec:
         needs_safety: offline training needs the dataset's ``safety`` column (p(s) labels).
         dataset_optional: an online model that can also be trained from a dataset
             (DreamerV3's offline option).
+        accepts_discrete_dataset: a continuous-mode offline model that also trains on a
+            discrete-mode dataset, each action index read as its continuous (acc / 3, steer)
+            value (IQL: d3rlpy has no discrete IQL).
         label: the row name of the seed's comparison table.
         summary: one line for ``--help`` and the README.
     """
@@ -95,6 +98,7 @@ class AgentSpec:
     action_mode: ActionMode
     needs_safety: bool = False
     dataset_optional: bool = False
+    accepts_discrete_dataset: bool = False
     label: str = ""
     summary: str = ""
 
@@ -325,7 +329,8 @@ class BaseAgent:
                 raise AgentError(
                     f"{path} holds {data.task} data but the agent is for {self.task_id}"
                 )
-            if data.action_mode != self.action_mode:
+            mapped = data.action_mode == "discrete" and self.spec.accepts_discrete_dataset
+            if data.action_mode != self.action_mode and not mapped:
                 raise AgentError(
                     f"{path} has {data.action_mode} actions but {self.name} needs "
                     f"{self.action_mode} ones: collect with --action-mode {self.action_mode}"
@@ -468,6 +473,7 @@ _ENTRIES = (
         "baselines.offline:IQLAgent",
         "offline",
         "continuous",
+        accepts_discrete_dataset=True,
         label="IQL",
         summary="d3rlpy IQL on the continuous-mode expert dataset",
     ),
