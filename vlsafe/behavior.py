@@ -1,0 +1,515 @@
+"""Actor-critic machinery shared by the world-model agents (VL-SAFE, DreamerV3, FOSP).
+
+The three agents differ only in how they turn critics into an actor update
+(:mod:`vlsafe.learners`); everything below is shared, not copied:
+
+- :class:`ActorCriticConfig` and :data:`AC_PRESETS`: sizes, discounts, learning rates.
+- :class:`Actor`: a 15-way categorical with DreamerV3's 1 % unimix for the discrete action
+  mode, or DreamerV3's bounded normal (tanh mean, std in ``[min_std, max_std]``) for the
+  continuous one, behind one interface (``sample``, ``mode``, ``log_prob``, ``entropy``).
+- :class:`Critic`: a two-hot symlog value distribution (DreamerV3) with a slow EMA copy that
+  supplies bootstrap targets and the slow-regularisation term.
+- :func:`imagine`: rollouts of the actor in the world model from posterior start states,
+  with the reward / cost / continuation / safety heads read along them (:class:`Rollout`).
+- :func:`lambda_return`: TD(lambda) returns; :class:`ReturnScale`: DreamerV3's percentile
+  return normalisation; :func:`normalize_advantage`.
+- :func:`vlsafe_weights`: VL-SAFE's mixture weight, :func:`expectile_weight` /
+  :func:`expectile_loss` (IQL), :class:`Lagrangian` (augmented Lagrangian on cost).
+
+Time-major convention: rollout tensors are ``(H + 1, N, ...)`` (``H`` imagined steps from
+``N`` start states), dataset windows are ``(B, T, ...)`` as the world model returns them.
+No gradient reaches the world model from here: imagination runs under ``torch.no_grad`` and
+the actor learns by (weighted) likelihood / REINFORCE, never through the dynamics.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from vlsafe.nets import MLP, OneHotDist, TwoHot, action_dim, two_hot_bins
+
+State = dict[str, Tensor]  # an RSSM state: "deter" (N, D), "stoch" (N, S, C), "logits"
+
+
+@dataclass(frozen=True)
+class ActorCriticConfig:
+    """The actor, the critics and imagination (DreamerV3 defaults where they exist).
+
+    The imagination horizon is the world model's (``WorldModelConfig.horizon``, 15 in the
+    paper): one field, read by :meth:`vlsafe.learners.Learner.imagine`.
+
+    Attributes:
+        gamma: reward discount (DreamerV3: 1 - 1/333 = 0.997).
+        cost_gamma: cost discount.  Shorter than ``gamma`` on purpose: a cost is a short
+            unsafe event (a collision, a lane departure, a TTC moment), so the cost value is
+            read as "expected unsafe steps in the next ~1 / (1 - cost_gamma) steps" (0.97:
+            ~33 steps = 3.3 s) and stays comparable across episode lengths.
+        lam: lambda of the lambda-returns (0.95).
+        hidden, layers: width and depth of the actor and critic MLPs.
+        bins: two-hot bins of the critics (255 on [-20, 20] in symlog space).
+        unimix: uniform mixture of the categorical actor (1 %).
+        min_std, max_std: standard deviation range of the continuous actor.
+        actor_lr, critic_lr, eps, grad_clip: Adam and global-norm clipping per network group.
+        entropy: entropy bonus of the actor (DreamerV3: 3e-4 with normalised advantages).
+        slow_fraction: EMA rate of the slow critics per update (DreamerV3: 0.02).
+        slowreg: weight of the critic's pull towards its slow copy (DreamerV3: 1).
+        retnorm_decay, retnorm_low, retnorm_high: EMA decay and percentiles of the return
+            scale S = max(1, P_high - P_low) (DreamerV3: 0.99, 5, 95).
+        starts: imagination start states per update, drawn from the batch's B x T posterior
+            states (0 = all of them, as DreamerV3).
+    """
+
+    gamma: float = 0.997
+    cost_gamma: float = 0.97
+    lam: float = 0.95
+    hidden: int = 512
+    layers: int = 2
+    bins: int = 255
+    unimix: float = 0.01
+    min_std: float = 0.1
+    max_std: float = 1.0
+    actor_lr: float = 3e-5
+    critic_lr: float = 3e-5
+    eps: float = 1e-5
+    grad_clip: float = 100.0
+    entropy: float = 3e-4
+    slow_fraction: float = 0.02
+    slowreg: float = 1.0
+    retnorm_decay: float = 0.99
+    retnorm_low: float = 5.0
+    retnorm_high: float = 95.0
+    starts: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "0 < gamma <= 1": 0 < self.gamma <= 1,
+            "0 < cost_gamma <= 1": 0 < self.cost_gamma <= 1,
+            "0 <= lam <= 1": 0 <= self.lam <= 1,
+            "0 < slow_fraction <= 1": 0 < self.slow_fraction <= 1,
+            "0 < min_std <= max_std": 0 < self.min_std <= self.max_std,
+            "starts >= 0": self.starts >= 0,
+        }
+        failed = [name for name, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError(f"invalid ActorCriticConfig ({', '.join(failed)}): {self}")
+
+
+AC_PRESETS: dict[str, ActorCriticConfig] = {
+    # tiny and fast, for tests: one small layer, larger learning rates
+    "debug": ActorCriticConfig(
+        hidden=32,
+        layers=1,
+        bins=41,
+        actor_lr=3e-4,
+        critic_lr=3e-4,
+        starts=64,
+    ),
+    # CPU-trainable in hours: narrower networks, imagination from 128 of the batch's 512
+    # posterior states (the actor-critic then costs 0.5-1.6 s of a 3.3-4.4 s update on one core)
+    "small": ActorCriticConfig(hidden=256, layers=2, actor_lr=1e-4, critic_lr=1e-4, starts=128),
+    # DreamerV3 / CarDreamer small: 512 units, 2 layers, DreamerV3 learning rates
+    "paper": ActorCriticConfig(),
+}
+
+
+# --- actor --------------------------------------------------------------------------------
+
+
+class BoundedNormal:
+    """DreamerV3's continuous action distribution: a normal with ``tanh`` mean in [-1, 1]
+    and std in ``[min_std, max_std]``, independent per action dimension.
+
+    Unlike a tanh-squashed normal its log-likelihood is finite at the box edges (+-1), which
+    the weighted log-likelihood of dataset actions needs; samples are clipped to [-1, 1].
+    """
+
+    def __init__(self, raw: Tensor, min_std: float, max_std: float):
+        mean, std = raw.chunk(2, -1)  # (..., A) each
+        self.mean = torch.tanh(mean)
+        self.std = (max_std - min_std) * torch.sigmoid(std + 2.0) + min_std
+        self._normal = torch.distributions.Normal(self.mean, self.std)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device)
+        return (self.mean + self.std * noise).clamp(-1.0, 1.0)  # (..., A)
+
+    def mode(self) -> Tensor:
+        return self.mean
+
+    def log_prob(self, action: Tensor) -> Tensor:
+        return self._normal.log_prob(action).sum(-1)  # (...,)
+
+    def entropy(self) -> Tensor:
+        return self._normal.entropy().sum(-1)
+
+
+class Actor(nn.Module):
+    """pi(a | s) on world-model features ``(..., F)``; discrete or continuous action mode.
+
+    Actions are the world model's action encoding: a one-hot (..., 15) for ``discrete`` and
+    (..., 2) floats in [-1, 1] for ``continuous`` (see :func:`vlsafe.nets.encode_actions`).
+    """
+
+    def __init__(self, feat_dim: int, action_mode: str, config: ActorCriticConfig):
+        super().__init__()
+        self.action_mode = action_mode
+        self.discrete = action_mode == "discrete"
+        self.action_dim = action_dim(action_mode)
+        out = self.action_dim if self.discrete else 2 * self.action_dim
+        self.net = MLP(feat_dim, out, config.hidden, config.layers)
+        self.unimix, self.min_std, self.max_std = config.unimix, config.min_std, config.max_std
+
+    def forward(self, feat: Tensor) -> OneHotDist | BoundedNormal:
+        raw = self.net(feat)  # (..., A) logits or (..., 2A) mean/std
+        if self.discrete:
+            return OneHotDist(raw, unimix=self.unimix)
+        return BoundedNormal(raw, self.min_std, self.max_std)
+
+    def act(self, feat: Tensor, deterministic: bool) -> Tensor:
+        """(..., A) actions in the world model's encoding, without gradients."""
+        dist = self(feat)
+        action = dist.mode() if deterministic else dist.sample()
+        return action.detach()
+
+    def to_env(self, action: Tensor) -> Any:
+        """Encoded actions (N, A) -> the env's batch: (N,) int64 indices or (N, 2) float32."""
+        action = action.detach()
+        if self.discrete:
+            return action.argmax(-1).cpu().numpy().astype("int64")
+        return action.clamp(-1.0, 1.0).cpu().numpy().astype("float32")
+
+
+# --- critics ------------------------------------------------------------------------------
+
+
+class Critic(nn.Module):
+    """A value ``(..., in_dim) -> TwoHot`` (DreamerV3) and its slow EMA copy.
+
+    ``in_dim`` is the feature width for V(s), or feature + action width for Q(s, a).  The
+    output layer starts at zero (predictions 0 at first).  The slow copy is updated by
+    :meth:`update_slow` and never by the optimiser.
+    """
+
+    def __init__(self, in_dim: int, config: ActorCriticConfig):
+        super().__init__()
+        self.net = MLP(in_dim, config.bins, config.hidden, config.layers, zero_init_output=True)
+        self.slow = copy.deepcopy(self.net).requires_grad_(False)
+        self.register_buffer("bins", two_hot_bins(config.bins), persistent=False)
+        self.slowreg = config.slowreg
+        self.fraction = config.slow_fraction
+
+    def dist(self, x: Tensor, *, slow: bool = False) -> TwoHot:
+        return TwoHot((self.slow if slow else self.net)(x), self.bins)
+
+    def value(self, x: Tensor, *, slow: bool = False) -> Tensor:
+        """(...,) expected value in real units, without gradients."""
+        with torch.no_grad():
+            return self.dist(x, slow=slow).mean()
+
+    def loss(self, x: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Two-hot NLL of ``target`` (...,) plus ``slowreg`` x NLL of the slow critic's
+        prediction, averaged with the per-element ``weight`` (...,) (default 1)."""
+        dist = self.dist(x)
+        nll = -dist.log_prob(target.detach())
+        if self.slowreg:
+            nll = nll - self.slowreg * dist.log_prob(self.value(x, slow=True))
+        return weighted_mean(nll, weight)
+
+    @torch.no_grad()
+    def update_slow(self) -> None:
+        for slow, fast in zip(self.slow.parameters(), self.net.parameters(), strict=True):
+            slow.lerp_(fast, self.fraction)
+
+
+def weighted_mean(x: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean of ``x`` with non-negative per-element weights (all equal when None); 0 when the
+    weights sum to 0 (an all-masked batch)."""
+    if weight is None:
+        return x.mean()
+    weight = weight.detach().to(x.dtype)
+    return (x * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+# --- optimisation -------------------------------------------------------------------------
+
+
+class Optimizer:
+    """Adam with global-norm gradient clipping over one group of parameters."""
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, eps: float, clip: float):
+        self.params = [p for p in params if p.requires_grad]
+        self.opt = torch.optim.Adam(self.params, lr=lr, eps=eps)
+        self.clip = clip
+
+    def step(self, loss: Tensor, name: str) -> float:
+        """Back-propagate ``loss`` and update; the gradient norm.  A non-finite loss raises
+        :class:`NonFiniteLoss` naming ``name`` before any parameter changes."""
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(name, float(loss.detach()))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        if not torch.isfinite(norm):
+            self.opt.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(f"{name} gradient", float(norm))
+        self.opt.step()
+        return float(norm)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.opt.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.opt.load_state_dict(dict(state))
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A behaviour loss (or its gradient) became NaN / inf; ``term`` names it."""
+
+    def __init__(self, term: str, value: float):
+        super().__init__(
+            f"the {term} loss is {value}; lower the learning rates (actor_critic.actor_lr / "
+            "critic_lr) or check the data for non-finite rewards, costs or labels"
+        )
+        self.term, self.value = term, value
+
+
+# --- imagination --------------------------------------------------------------------------
+
+
+class WorldModelLike(Protocol):
+    """What imagination needs from :class:`vlsafe.world_model.WorldModel`."""
+
+    def img_step(self, state: State, action: Tensor) -> State: ...
+
+    def feat(self, state: State) -> Tensor: ...
+
+    def predict(self, feat: Tensor) -> dict[str, Tensor]: ...
+
+
+class Rollout(NamedTuple):
+    """An imagined trajectory, time-major.  ``s_0`` is the posterior start state."""
+
+    feat: Tensor  # (H + 1, N, F) features of s_0 .. s_H
+    action: Tensor  # (H + 1, N, A) a_t sampled at s_t (a_H is never executed)
+    reward: Tensor  # (H, N) reward head at s_{t+1}: the reward of step t
+    cost: Tensor  # (H, N) cost head at s_{t+1}: the cost of step t
+    cont: Tensor  # (H, N) continuation probability of s_{t+1}
+    safety: Tensor  # (H + 1, N) safety head p(s_t)
+    weight: Tensor  # (H + 1, N) probability that s_t is still inside the episode
+
+
+def flatten_states(post: State, starts: int = 0, generator: torch.Generator | None = None):
+    """(B, T, ...) posterior states -> (N, ...) start states, ``N = B * T`` or a random
+    subset of ``starts`` of them (0 = all).  Returns the states and the flat indices used."""
+    first = next(iter(post.values()))
+    b, t = first.shape[:2]
+    flat = {k: v.reshape(b * t, *v.shape[2:]) for k, v in post.items()}
+    if starts and starts < b * t:
+        index = torch.randperm(b * t, generator=generator, device="cpu")[:starts]
+        index = index.to(first.device)
+        return {k: v[index] for k, v in flat.items()}, index
+    return flat, torch.arange(b * t, device=first.device)
+
+
+@torch.no_grad()
+def imagine(wm: WorldModelLike, actor: Actor, start: State, horizon: int) -> Rollout:
+    """Roll the actor out for ``horizon`` steps in the world model from ``start`` (N, ...).
+
+    Actions are sampled from the current actor, the next state is the world model's prior
+    (``img_step``), and the heads are read along the trajectory.  ``weight`` is DreamerV3's
+    cumulative product of continuation probabilities (s_0 continues with probability 1:
+    dataset states are never terminal, the observation after a terminal step is not stored).
+    """
+    state = {k: v.detach() for k, v in start.items()}
+    feats = [wm.feat(state)]  # (N, F)
+    actions = []
+    for _ in range(horizon):
+        action = actor.act(feats[-1], deterministic=False)  # (N, A)
+        actions.append(action)
+        state = wm.img_step(state, action)
+        feats.append(wm.feat(state))
+    actions.append(actor.act(feats[-1], deterministic=False))
+    feat = torch.stack(feats)  # (H + 1, N, F)
+    heads = wm.predict(feat)
+    cont = heads["cont"][1:]  # (H, N)
+    weight = torch.cat([torch.ones_like(cont[:1]), torch.cumprod(cont, 0)])  # (H + 1, N)
+    return Rollout(
+        feat=feat,
+        action=torch.stack(actions),
+        reward=heads["reward"][1:],
+        cost=heads["cost"][1:],
+        cont=cont,
+        safety=heads["safety"],
+        weight=weight,
+    )
+
+
+# --- returns and advantages ---------------------------------------------------------------
+
+
+def lambda_return(
+    reward: Tensor,
+    cont: Tensor,
+    value: Tensor,
+    gamma: float,
+    lam: float,
+    cut: Tensor | None = None,
+) -> Tensor:
+    """TD(lambda) returns, time-major.
+
+    ``reward`` (T, N): r_t, the reward of the step from s_t; ``cont`` (T, N): 1 if s_{t+1}
+    continues the episode (0 after a terminal step); ``value`` (T + 1, N): V(s_0 .. s_T).
+    Returns (T, N)::
+
+        R_t = r_t + gamma c_t ((1 - lam) V(s_{t+1}) + lam R_{t+1}),   R_T = V(s_T)
+
+    ``cut`` (T, N), optional: where true, s_{t+1} is unknown (a window cut or a truncated
+    episode) and R_t = V(s_t), so the advantage there is 0 and the step before bootstraps.
+    ``lam = 0`` gives one-step TD targets r_t + gamma c_t V(s_{t+1}).
+    """
+    if value.shape[0] != reward.shape[0] + 1 or reward.shape != cont.shape:
+        raise ValueError(
+            f"need reward, cont (T, N) and value (T + 1, N); got {tuple(reward.shape)}, "
+            f"{tuple(cont.shape)}, {tuple(value.shape)}"
+        )
+    returns = []
+    last = value[-1]
+    for t in reversed(range(reward.shape[0])):
+        nxt = (1 - lam) * value[t + 1] + lam * last
+        last = reward[t] + gamma * cont[t] * nxt
+        if cut is not None:
+            last = torch.where(cut[t], value[t], last)
+        returns.append(last)
+    return torch.stack(returns[::-1])
+
+
+class ReturnScale(nn.Module):
+    """DreamerV3's return normalisation: S = max(1, EMA(P95) - EMA(P5)) of the returns.
+
+    Dividing advantages by S makes the actor's step size independent of the reward scale
+    while never amplifying small returns (S >= 1).  The EMAs are buffers (saved).
+    """
+
+    def __init__(self, decay: float, low: float, high: float):
+        super().__init__()
+        self.decay, self.quantiles = decay, (low / 100.0, high / 100.0)
+        self.register_buffer("low", torch.zeros(()))
+        self.register_buffer("high", torch.zeros(()))
+
+    @torch.no_grad()
+    def update(self, returns: Tensor) -> Tensor:
+        """Fold the batch's percentiles into the EMAs; the new scale S (a 0-d tensor)."""
+        x = returns.detach().flatten().float()
+        if x.numel() > 2**20:  # torch.quantile's size limit; a subsample is as good
+            x = x[torch.randint(x.numel(), (2**20,), device=x.device)]
+        q = torch.quantile(x, torch.tensor(self.quantiles, device=x.device))
+        self.low.lerp_(q[0], 1 - self.decay)
+        self.high.lerp_(q[1], 1 - self.decay)
+        return self.scale()
+
+    def scale(self) -> Tensor:
+        return (self.high - self.low).clamp_min(1.0)
+
+
+def normalize_advantage(adv: Tensor, mode: str, floor: float, mask: Tensor | None = None):
+    """``adv`` divided by a scale: ``"std"`` the batch standard deviation over ``mask``
+    (at least ``floor``, so a batch without signal is not blown up to unit scale),
+    ``"none"`` unchanged.  Not centred: a constant shift of A would change the balance of
+    VL-SAFE's two mixture branches."""
+    if mode == "none":
+        return adv
+    if mode != "std":
+        raise ValueError(f"advantage normalisation must be 'std' or 'none', got {mode!r}")
+    values = adv[mask] if mask is not None else adv.flatten()
+    std = values.std() if values.numel() > 1 else adv.new_tensor(0.0)
+    return adv / std.clamp_min(floor)
+
+
+# --- the weighting formulas ---------------------------------------------------------------
+
+
+def vlsafe_weights(
+    p: Tensor, adv_r: Tensor, adv_c: Tensor, beta1: float, beta2: float, clip: float
+) -> Tensor:
+    """VL-SAFE's policy weight w = p exp(beta1 A^r) + (1 - p) exp(-beta2 A^c).
+
+    The actor is fitted to pi* = w pi_b / Z: a safe state (p(s) -> 1) imitates the
+    behaviour actions in proportion to their reward advantage, an unsafe one (p -> 0) in
+    proportion to how much they lower the cost.  Each exponential is clipped at ``clip``
+    (AWR's weight clip, applied per branch, so w <= clip and no exp overflows into inf *
+    0 = NaN); normalisation by Z is the caller's (:func:`weighted_nll`).  Shapes broadcast.
+    """
+    if clip <= 0:
+        raise ValueError(f"the weight clip must be > 0, got {clip}")
+    log_clip = math.log(clip)
+    reward_branch = torch.exp((beta1 * adv_r).clamp(max=log_clip))
+    cost_branch = torch.exp((-beta2 * adv_c).clamp(max=log_clip))
+    return p * reward_branch + (1 - p) * cost_branch
+
+
+def weighted_nll(log_prob: Tensor, weight: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Weighted negative log-likelihood with self-normalised weights:
+    -sum(w log pi) / sum(w), i.e. the mean over the batch of -(w / Z) log pi with Z the
+    batch mean of w -- the sample estimate of KL(pi* || pi) up to a constant for
+    pi* = w pi_b / Z.  ``mask`` (0/1 or bool) drops elements."""
+    weight = weight.detach()
+    if mask is not None:
+        weight = weight * mask.to(weight.dtype)
+    return -(log_prob * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+def expectile_weight(diff: Tensor, tau: float) -> Tensor:
+    """|tau - 1(diff < 0)| with ``diff = target - prediction`` (IQL): under-predictions
+    (diff > 0) weigh ``tau``, over-predictions ``1 - tau``; tau > 0.5 fits an upper
+    expectile (a soft max over in-data actions), tau < 0.5 a lower one (a soft min)."""
+    return torch.where(diff > 0, torch.full_like(diff, tau), torch.full_like(diff, 1 - tau))
+
+
+def expectile_loss(prediction: Tensor, target: Tensor, tau: float) -> Tensor:
+    """Elementwise asymmetric squared error |tau - 1(u < 0)| u^2, u = target - prediction."""
+    diff = target - prediction
+    return expectile_weight(diff.detach(), tau) * diff**2
+
+
+class Lagrangian(nn.Module):
+    """The augmented Lagrangian of a cost constraint J_c <= limit (Nocedal & Wright 2006,
+    eq. 17.65), as SafeDreamer and FOSP use it.
+
+    Each :meth:`update` with the current estimate of J_c takes g = J_c - limit and sets
+    lambda <- max(0, lambda + mu g) and mu <- min(mu (1 + mu_growth), mu_max) (mu never
+    decreases).  ``multiplier`` is the penalty's derivative d psi / d J_c = max(0, lambda +
+    mu g): the price of one unit of cost in the actor's objective, so a weighted-regression
+    actor uses the advantage A^r - multiplier x A^c.  It rises while the cost exceeds the
+    limit and falls back towards 0 while the constraint holds.
+    """
+
+    def __init__(
+        self,
+        limit: float,
+        multiplier_init: float = 0.0,
+        penalty_init: float = 5e-3,
+        penalty_growth: float = 1e-5,
+        penalty_max: float = 1.0,
+    ):
+        super().__init__()
+        self.limit, self.growth, self.penalty_max = limit, penalty_growth, penalty_max
+        self.register_buffer("multiplier", torch.tensor(float(multiplier_init)))
+        self.register_buffer("penalty", torch.tensor(float(penalty_init)))
+
+    @torch.no_grad()
+    def update(self, cost: Tensor | float) -> tuple[float, float]:
+        """Step with the cost estimate J_c; returns (multiplier, penalty value psi)."""
+        g = torch.as_tensor(cost, dtype=torch.float32, device=self.multiplier.device) - self.limit
+        lam, mu = self.multiplier.clone(), self.penalty.clone()
+        cond = lam + mu * g
+        psi = torch.where(cond > 0, lam * g + mu / 2 * g**2, -(lam**2) / (2 * mu))
+        self.multiplier.copy_(cond.clamp_min(0.0))
+        self.penalty.copy_((mu * (1 + self.growth)).clamp(max=self.penalty_max).clamp_min(mu))
+        return float(self.multiplier), float(psi)
