@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # pytest workers: both cores by default; `make test PYTEST_WORKERS=0` runs serially.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install run test bench lint maps clean
+.PHONY: install run demo test bench lint maps clean
 
 install: $(STAMP)
 
@@ -20,7 +20,13 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[all,dev]"
 	touch $(STAMP)
 
+# The smoke grid (9 models x 4 tasks, tiny budgets, two cells at a time), then its table
+# beside the published one (runs/smoke/table.md, .csv, .tex and the plots).
 run: $(STAMP)
+	$(PY) -m benchmarks run --preset smoke --out runs/smoke --workers 2
+
+# The expert driver on every task (3 episodes each), one BEV video per task in runs/.
+demo: $(STAMP)
 	$(PY) -m carla_safe_envs.expert --all-tasks --episodes 3 --seed 0 --video-dir runs
 
 test: $(STAMP)

@@ -14,8 +14,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from benchmarks import collect, speed
+from benchmarks import collect, speed, wm_check, wm_speed
 from benchmarks.label import LABEL_COMMAND, LABEL_REPORT_COMMAND
+from benchmarks.run import RUN_COMMAND
+from benchmarks.table import TABLE_COMMAND
 from benchmarks.train import EVALUATE_COMMAND, TRAIN_COMMAND
 
 
@@ -34,6 +36,10 @@ COMMANDS: dict[str, Command] = {
     "label-report": Command(*LABEL_REPORT_COMMAND),
     "train": Command(*TRAIN_COMMAND),
     "evaluate": Command(*EVALUATE_COMMAND),
+    "run": Command(*RUN_COMMAND),
+    "table": Command(*TABLE_COMMAND),
+    "wm-check": Command(wm_check.HELP, wm_check.add_arguments, wm_check.run),
+    "wm-speed": Command(wm_speed.HELP, wm_speed.add_arguments, wm_speed.run),
 }
 
 PROG = "python -m benchmarks"

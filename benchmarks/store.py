@@ -1,0 +1,312 @@
+"""The result store: one directory per benchmark protocol, one Parquet file per finished cell.
+
+Layout of a result directory ``DIR``::
+
+    manifest.json                    store format, the grid preset's protocol, the requested
+                                     cells, the datasets and safety labels used
+    cells/<task>/<model>/seed-S.parquet    one row per evaluation episode of a finished cell
+    failures/<task>/<model>/seed-S.json    the error of a cell whose last attempt failed
+    logs/<task>/<model>/seed-S.log         the cell's log (warnings, summary, traceback)
+    models/<task>/<model>/seed-S/          the trained agent (``baselines.load_agent``)
+    datasets/*.h5                          the offline datasets (unless ``--data-dir``)
+
+A cell's rows are written at once: to a temporary file in the same folder, then renamed
+(``os.replace``), so a killed run leaves either the whole cell or nothing, and a restarted run
+skips exactly the cells whose file exists.  The manifest is replaced the same way.  Only the
+process driving the grid writes here (executors return rows; they never write them), and a
+lock file keeps two drivers out of one directory.
+
+Row schema (:data:`ROW_COLUMNS`): the cell (``model``, ``label``, ``task``, ``seed``), the
+protocol (``preset``, ``agent_preset``, ``episodes``), the episode (``episode``, ``eval_seed``
+and the :class:`~carla_safe_envs.metrics.EpisodeMetrics` fields), the data (``dataset``,
+``labeler``), timing (``train_seconds``, ``eval_seconds``) and provenance (``config``,
+``train``, ``versions`` as JSON, ``executor``, ``host``, ``finished``, ``store_format``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from benchmarks.grid import Cell
+from carla_safe_envs.metrics import EpisodeMetrics
+
+STORE_FORMAT = "carla-safe/results-v1"
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+
+METRIC_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(EpisodeMetrics))
+ROW_COLUMNS: tuple[str, ...] = (
+    "store_format",
+    "preset",
+    "model",
+    "label",
+    "task",
+    "seed",
+    "agent_preset",
+    "episodes",
+    "episode",
+    "eval_seed",
+    *METRIC_FIELDS,
+    "dataset",
+    "labeler",
+    "train_seconds",
+    "eval_seconds",
+    "config",
+    "train",
+    "versions",
+    "executor",
+    "host",
+    "finished",
+)
+
+
+class StoreError(ValueError):
+    """A directory that is not a result store of this version, or holds another protocol."""
+
+
+def now() -> str:
+    """The current local time, ISO 8601 with the offset."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of result directory ``root``, checked for the store format.
+
+    Raises:
+        StoreError: ``root`` has no manifest, or one of another store format.
+    """
+    root = Path(root)
+    file = root / MANIFEST
+    if not file.is_file():
+        what = "does not exist" if not root.exists() else f"has no {MANIFEST}"
+        raise StoreError(
+            f"{root} is not a benchmark result directory (it {what}); create one with "
+            f"`python -m benchmarks run --preset smoke --out {root}`"
+        )
+    manifest = json.loads(file.read_text())
+    if manifest.get("format") != STORE_FORMAT:
+        raise StoreError(
+            f"{root} was written by an incompatible result store (format "
+            f"{manifest.get('format')!r}); this version of carla-safe reads {STORE_FORMAT!r}. "
+            "Run the grid again into a new --out directory (or use the carla-safe version that "
+            "wrote it)."
+        )
+    return manifest
+
+
+class ResultStore:
+    """Reads and writes the result directory ``root`` (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def open_or_create(cls, root: str | os.PathLike, protocol: Mapping[str, Any]) -> ResultStore:
+        """The store at ``root`` for the grid protocol ``protocol`` (created if ``root`` is
+        new or empty).
+
+        Raises:
+            StoreError: ``root`` is a non-empty directory without a manifest, a store of
+                another format, or a store of another protocol (the differences are listed).
+        """
+        root = Path(root)
+        protocol = json.loads(json.dumps(protocol))  # as it reads back from JSON
+        if not (root / MANIFEST).exists():
+            if root.exists() and any(p.name != LOCK for p in root.iterdir()):
+                raise StoreError(
+                    f"{root} is not empty and is not a benchmark result directory (no "
+                    f"{MANIFEST}); choose a new --out directory"
+                )
+            root.mkdir(parents=True, exist_ok=True)
+            manifest = {
+                "format": STORE_FORMAT,
+                "created": now(),
+                "protocol": protocol,
+                "requested": [],
+                "datasets": {},
+            }
+            _write_atomic(root / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+        store = cls(root)
+        stored = store.manifest["protocol"]
+        if stored != protocol:
+            diff = {
+                k: (stored.get(k), protocol.get(k))
+                for k in sorted(set(stored) | set(protocol))
+                if stored.get(k) != protocol.get(k)
+            }
+            if stored.get("name") == protocol.get("name"):
+                hint = (
+                    f"the {protocol.get('name')!r} preset has changed since this directory was "
+                    "written (another carla-safe version?): use a new --out directory"
+                )
+            else:
+                hint = f"use a new --out directory, or rerun with --preset {stored.get('name')}"
+            raise StoreError(
+                f"{root} holds results of another protocol ({stored.get('name')!r}); these "
+                f"settings differ (stored, requested): {diff}; {hint}"
+            )
+        return store
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the directory's lock (released when the process ends, even when killed).
+
+        Raises:
+            StoreError: another process is writing this directory.
+        """
+        import fcntl
+
+        with open(self.root / LOCK, "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(
+                    f"another `benchmarks run` is writing {self.root}; wait for it to finish "
+                    "(or stop it) before starting another into the same directory"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def update_manifest(self, **changes: Any) -> None:
+        """Set top-level manifest entries and rewrite the manifest atomically."""
+        self.manifest.update(changes, updated=now())
+        text = json.dumps(self.manifest, indent=1, sort_keys=True)
+        _write_atomic(self.root / MANIFEST, lambda p: p.write_text(text))
+
+    def add_requested(self, cells: Iterable[Cell]) -> None:
+        """Record ``cells`` as part of the grid (the table marks those without results)."""
+        requested = {tuple(c) for c in self.manifest["requested"]}
+        requested |= {tuple(c) for c in cells}
+        self.update_manifest(requested=sorted(list(c) for c in requested))
+
+    def requested(self) -> list[Cell]:
+        return [Cell(m, t, int(s)) for m, t, s in self.manifest["requested"]]
+
+    # ------------------------------------------------------------------ paths
+    def cell_file(self, cell: Cell) -> Path:
+        return self.root / "cells" / f"{cell.key}.parquet"
+
+    def failure_file(self, cell: Cell) -> Path:
+        return self.root / "failures" / f"{cell.key}.json"
+
+    def log_file(self, cell: Cell) -> Path:
+        return self.root / "logs" / f"{cell.key}.log"
+
+    def model_dir(self, cell: Cell) -> Path:
+        return self.root / "models" / cell.key
+
+    # ------------------------------------------------------------------ cells
+    def is_finished(self, cell: Cell) -> bool:
+        return self.cell_file(cell).is_file()
+
+    def write_cell(self, cell: Cell, rows: list[Mapping[str, Any]]) -> Path:
+        """Write the rows of a finished cell at once (and clear an earlier failure).
+
+        Raises:
+            StoreError: the cell is already stored (rows are never duplicated), or ``rows``
+                is empty or lacks columns of :data:`ROW_COLUMNS`.
+        """
+        import pandas as pd
+
+        path = self.cell_file(cell)
+        if path.exists():
+            raise StoreError(f"{cell} is already stored in {path}; refusing to duplicate rows")
+        if not rows:
+            raise StoreError(f"{cell}: no rows to write")
+        frame = pd.DataFrame(list(rows))
+        missing = [c for c in ROW_COLUMNS if c not in frame.columns]
+        if missing:
+            raise StoreError(f"{cell}: rows lack the columns {missing}")
+        frame = frame[list(ROW_COLUMNS)]
+        _write_atomic(path, lambda p: frame.to_parquet(p, index=False))
+        self.failure_file(cell).unlink(missing_ok=True)
+        return path
+
+    def write_failure(self, cell: Cell, error: str, traceback: str = "") -> Path:
+        """Record that ``cell`` failed with ``error`` (the traceback goes to its log)."""
+        log = self.log_file(cell)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as handle:
+            handle.write(f"{now()} cell {cell} failed: {error}\n{traceback}")
+        record = {
+            "cell": list(cell),
+            "error": error,
+            "time": now(),
+            "log": str(self.log_file(cell)),
+        }
+        path = self.failure_file(cell)
+        _write_atomic(path, lambda p: p.write_text(json.dumps(record, indent=1)))
+        return path
+
+    def finished_cells(self) -> list[Cell]:
+        """The cells with stored rows (files of the current layout only)."""
+        out = []
+        for path in sorted((self.root / "cells").glob("*/*/seed-*.parquet")):
+            task, model = path.parent.parent.name, path.parent.name
+            out.append(Cell(model, task, int(path.stem.removeprefix("seed-"))))
+        return out
+
+    def failures(self) -> dict[Cell, dict[str, Any]]:
+        """Cell -> failure record, for cells whose last attempt failed."""
+        out = {}
+        for path in sorted((self.root / "failures").glob("*/*/seed-*.json")):
+            record = json.loads(path.read_text())
+            out[Cell(*record["cell"])] = record
+        return out
+
+    def rows(self):
+        """Every stored row as one pandas DataFrame (columns :data:`ROW_COLUMNS`).
+
+        Raises:
+            StoreError: a cell file of another store format.
+        """
+        import pandas as pd
+
+        files = sorted((self.root / "cells").glob("*/*/seed-*.parquet"))
+        if not files:
+            return pd.DataFrame(columns=list(ROW_COLUMNS))
+        frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        formats = set(frame["store_format"])
+        if formats != {STORE_FORMAT}:
+            raise StoreError(
+                f"{self.root} holds rows of store formats {sorted(formats)}; this version reads "
+                f"{STORE_FORMAT!r} only"
+            )
+        return frame
+
+
+def episode_metrics(row: Mapping[str, Any]) -> EpisodeMetrics:
+    """The :class:`EpisodeMetrics` stored in one row."""
+    return EpisodeMetrics(
+        return_=float(row["return_"]),
+        cost=float(row["cost"]),
+        steps=int(row["steps"]),
+        avg_speed=float(row["avg_speed"]),
+        waypoints=int(row["waypoints"]),
+        distance=float(row["distance"]),
+        arrived=bool(row["arrived"]),
+        collisions=int(row["collisions"]),
+        collision_speed_sum=float(row["collision_speed_sum"]),
+    )

@@ -1,0 +1,343 @@
+"""The benchmark runner: grid presets, the result store, resuming, executors, bad input.
+
+The smoke grid runs on the expert and BC (a learned offline model, deterministic on the CPU)
+on two tasks.  The safety-label path and failing cells use a small model registered for the
+test (``majority``: it takes the most frequent action of the dataset's safe states).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from baselines.agent import AGENTS, TABLE_MODELS, AgentSpec, BaseAgent, make_agent
+from benchmarks.__main__ import main
+from benchmarks.executors import Job, LocalExecutor, RayExecutor, _saved_agent_matches
+from benchmarks.grid import PRESETS, Cell, GridError, GridPreset, get_preset, make_cells
+from benchmarks.prepare import resolve_labeler
+from benchmarks.run import run_grid
+from benchmarks.store import METRIC_FIELDS, STORE_FORMAT, ResultStore, StoreError
+
+TASKS = ("CarlaLeftTurn-v0", "CarlaRightTurn-v0")
+MODELS = ("expert", "bc")
+SMOKE = PRESETS["smoke"]
+IDENTITY = ["model", "task", "seed", "episode", "eval_seed", *METRIC_FIELDS]
+
+
+# ---------------------------------------------------------------------------- a test model
+@dataclasses.dataclass(frozen=True)
+class MajorityConfig:
+    min_safety: float = 0.5  # only actions of states labeled at least this safe count
+
+
+class MajorityAgent(BaseAgent):
+    """Always takes the most frequent action of the dataset's safe states."""
+
+    name = "majority"
+    presets = {p: MajorityConfig() for p in ("debug", "small", "paper")}
+
+    def _fit(self, dataset, *, log_dir, progress):
+        safe = dataset.safety >= self.config.min_safety
+        self.action = int(np.bincount(dataset.actions[safe], minlength=15).argmax())
+        return {"steps": int(safe.sum()), "action": self.action}
+
+    def act(self, obs, state=None, episode_start=None, deterministic=True):
+        return np.full(len(obs), self.action, dtype=np.int64), state
+
+    def _save(self, path: Path) -> None:
+        (path / "action.json").write_text(json.dumps(self.action))
+
+    def _load(self, path: Path) -> None:
+        self.action = json.loads((path / "action.json").read_text())
+
+
+class LocalSpec(AgentSpec):
+    def load_class(self) -> type[BaseAgent]:
+        return MajorityAgent
+
+
+MAJORITY = LocalSpec(
+    "majority", "tests:MajorityAgent", "offline", "discrete", needs_safety=True, label="Maj."
+)
+
+
+@pytest.fixture(autouse=True)
+def majority_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(AGENTS, "majority", MAJORITY)
+
+
+def grid(out: Path, executor, *, data_dir: Path | None = None, models=MODELS, tasks=TASKS):
+    cells = make_cells(SMOKE, models=models, tasks=tasks)
+    return run_grid(
+        SMOKE,
+        out,
+        cells=cells,
+        executor=executor,
+        data_dir=data_dir,
+        labeler="oracle",
+        progress=False,
+    )
+
+
+def identity(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[IDENTITY].sort_values(IDENTITY[:4]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke grid on 2 models x 2 tasks, run once without interruption."""
+    out = tmp_path_factory.mktemp("smoke")
+    summary = grid(out, LocalExecutor())
+    assert summary.failed == {}, summary.failed
+    assert len(summary.finished) == len(MODELS) * len(TASKS)
+    return out
+
+
+# ---------------------------------------------------------------------------- presets
+def test_presets() -> None:
+    smoke = get_preset("smoke")
+    assert smoke.agent_preset == "debug" and len(smoke.seeds) == 1
+    assert 1 <= smoke.episodes <= 2 and 200 <= smoke.dataset_steps <= 1000
+    cells = make_cells(smoke)
+    assert len(cells) == 9 * 4 and {c.model for c in cells} == set(TABLE_MODELS)
+    assert (get_preset("small").agent_preset, len(get_preset("small").seeds)) == ("small", 3)
+    assert get_preset("paper").agent_preset == "paper"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        smoke.episodes = 5  # type: ignore[misc]
+    assert "seeds" not in smoke.protocol() and smoke.protocol()["name"] == "smoke"
+
+
+# ---------------------------------------------------------------------------- the grid
+def test_smoke_grid_stores_one_row_per_episode(smoke_run: Path) -> None:
+    store = ResultStore(smoke_run)
+    rows = store.rows()
+    assert len(rows) == len(MODELS) * len(TASKS) * SMOKE.episodes
+    assert not rows.duplicated(["model", "task", "seed", "episode"]).any()
+    assert set(rows["store_format"]) == {STORE_FORMAT} and set(rows["preset"]) == {"smoke"}
+    assert (rows["eval_seed"] == SMOKE.eval_seed + rows["episode"]).all()
+    expert = rows[rows["model"] == "expert"]
+    assert expert["arrived"].all() and (expert["collisions"] == 0).all()  # it solves the turns
+    assert (expert["dataset"] == "").all() and (expert["labeler"] == "").all()
+    bc = rows[rows["model"] == "bc"]
+    assert (bc["labeler"] == "").all()  # BC does not read the safety labels
+    assert set(bc["dataset"]) == {
+        f"{t}_discrete_{SMOKE.dataset_steps}steps_seed0.h5" for t in TASKS
+    }
+    assert (rows["train_seconds"][rows["model"] == "bc"] > 0).all()
+    for column in ("config", "train", "versions"):
+        json.loads(rows[column].iloc[0])
+    assert (rows["eval_seconds"] > 0).all()
+    # the datasets, their labels, the models and the logs are where the manifest says
+    manifest = store.manifest
+    assert sorted(map(tuple, manifest["requested"])) == sorted(
+        (m, t, 0) for m in MODELS for t in TASKS
+    )
+    assert sorted(manifest["datasets"]) == sorted(
+        f"{t}_discrete_{SMOKE.dataset_steps}steps_seed0.h5" for t in TASKS
+    )
+    for entry in manifest["datasets"].values():
+        assert Path(entry["path"]).is_file() and entry["labels"] is None
+    for cell in store.finished_cells():
+        assert (store.model_dir(cell) / "agent.json").is_file()
+        assert "evaluated" in store.log_file(cell).read_text()
+
+
+def test_resume_after_a_kill_gives_the_same_rows(smoke_run: Path, tmp_path: Path) -> None:
+    class KilledAfterFirstCell:
+        """The driver dies right after storing its first cell."""
+
+        name = "local"
+
+        def run(self, jobs):
+            for result in LocalExecutor().run(jobs):
+                yield result
+                raise KeyboardInterrupt
+
+    data, task = smoke_run / "datasets", TASKS[:1]  # the datasets of the uninterrupted run
+    with pytest.raises(KeyboardInterrupt):
+        grid(tmp_path, KilledAfterFirstCell(), data_dir=data, tasks=task)
+    store = ResultStore(tmp_path)
+    assert store.finished_cells() == [Cell("expert", task[0], 0)]
+    half = tmp_path / "cells" / task[0] / "bc" / ".seed-0.parquet.999.tmp"
+    half.parent.mkdir(parents=True)
+    half.write_text("half a file, as a kill during the write would leave")
+
+    summary = grid(tmp_path, LocalExecutor(), data_dir=data, tasks=task)
+    assert summary.already_done == 1 and summary.finished == [str(Cell("bc", task[0], 0))]
+    uninterrupted = ResultStore(smoke_run).rows()
+    uninterrupted = uninterrupted[uninterrupted["task"] == task[0]]
+    pd.testing.assert_frame_equal(identity(ResultStore(tmp_path).rows()), identity(uninterrupted))
+    again = grid(tmp_path, LocalExecutor(), data_dir=data, tasks=task)  # nothing left to do
+    assert again.finished == [] and again.already_done == len(MODELS)
+    assert len(ResultStore(tmp_path).rows()) == len(uninterrupted)
+
+
+def test_datasets_are_labeled_once_for_models_that_need_labels(
+    smoke_run: Path, tmp_path: Path
+) -> None:
+    from carla_safe_envs.datasets import OfflineDataset
+
+    name = f"{TASKS[0]}_discrete_{SMOKE.dataset_steps}steps_seed0.h5"
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(smoke_run / "datasets" / name, data / name)  # collected, not labeled
+    summary = grid(
+        tmp_path / "out", LocalExecutor(), data_dir=data, models=("majority",), tasks=TASKS[:1]
+    )
+    assert summary.failed == {} and summary.labeler.startswith("oracle")
+    with OfflineDataset(data / name) as dataset:
+        assert dataset.safety_labeler["labeler"] == "oracle" and dataset.safety.shape == (600,)
+    store = ResultStore(tmp_path / "out")
+    assert store.manifest["datasets"][name]["labels"]["labeler"] == "oracle"
+    rows = store.rows()
+    assert list(rows["labeler"]) == ["oracle"] and list(rows["dataset"]) == [name]
+    stamp = (data / name).stat().st_mtime_ns
+    cells = make_cells(SMOKE, models=["majority"], tasks=TASKS[:1], seeds=[1])
+    run_grid(
+        SMOKE,
+        tmp_path / "out",
+        cells=cells,
+        executor=LocalExecutor(),
+        data_dir=data,
+        labeler="oracle",
+        progress=False,
+    )
+    assert (data / name).stat().st_mtime_ns == stamp  # reused as it was, labels included
+    assert len(ResultStore(tmp_path / "out").rows()) == 2
+
+
+def test_ray_executor_gives_the_rows_of_the_local_one(smoke_run: Path, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        summary = grid(tmp_path, RayExecutor(), models=("expert",), tasks=TASKS[:1])
+    finally:
+        ray.shutdown()
+    assert summary.failed == {}
+    rows = ResultStore(tmp_path).rows()
+    assert set(rows["executor"]) == {"ray"}
+    local = ResultStore(smoke_run).rows()
+    local = local[(local["model"] == "expert") & (local["task"] == TASKS[0])]
+    pd.testing.assert_frame_equal(identity(rows), identity(local))
+    assert (tmp_path / "models" / TASKS[0] / "expert" / "seed-0" / "agent.json").is_file()
+    assert "evaluated" in (tmp_path / "logs" / TASKS[0] / "expert" / "seed-0.log").read_text()
+
+
+def test_a_failing_cell_is_recorded_and_the_rest_go_on(tmp_path: Path) -> None:
+    class Flaky(MajorityAgent):
+        """Fails to train on the first task; drives straight at full throttle elsewhere."""
+
+        def _fit(self, dataset, *, log_dir, progress):
+            if self.task_id == TASKS[0]:
+                raise RuntimeError("the learner diverged")
+            self.action = 12  # acc +2 m/s^2, no steering
+            return {"steps": 0}
+
+    class FlakySpec(AgentSpec):
+        def load_class(self):
+            return Flaky
+
+    spec = FlakySpec("majority", "tests:Flaky", "none", "discrete", label="Maj.")
+    ghost = AgentSpec("ghost", "baselines.ghost:Ghost", "none", "discrete")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(AGENTS, "majority", spec)
+        patch.setitem(AGENTS, "ghost", ghost)
+        summary = grid(tmp_path, LocalExecutor(), models=("ghost", "majority"))
+    broken, missing = Cell("majority", TASKS[0], 0), Cell("ghost", TASKS[0], 0)
+    assert set(summary.failed) == {str(broken), str(missing), str(Cell("ghost", TASKS[1], 0))}
+    assert "the learner diverged" in summary.failed[str(broken)]
+    assert "not available" in summary.failed[str(missing)]
+    store = ResultStore(tmp_path)
+    assert store.finished_cells() == [Cell("majority", TASKS[1], 0)]  # ran after the failure
+    assert set(store.failures()) == {
+        Cell(m, t, 0) for m in ("majority", "ghost") for t in TASKS
+    } - {Cell("majority", TASKS[1], 0)}
+    assert "Traceback" in store.log_file(broken).read_text()
+    assert "the learner diverged" in store.failures()[broken]["error"]
+
+
+def test_a_saved_agent_is_reused_only_when_identical(tmp_path: Path) -> None:
+    agent = make_agent("expert", TASKS[0], preset="debug", seed=3)
+    agent.save(tmp_path / "model")
+    assert _saved_agent_matches(tmp_path / "model", agent)
+    assert not _saved_agent_matches(tmp_path / "model", make_agent("expert", TASKS[0], seed=4))
+    assert not _saved_agent_matches(tmp_path / "missing", agent)
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_unknown_models_tasks_presets_and_seeds(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(GridError, match="unknown model.*'nope'.*ppo.*vlsafe"):
+        make_cells(SMOKE, models=["nope"])
+    with pytest.raises(GridError, match="unknown task.*CarlaParking-v0.*CarlaFourLane-v0"):
+        make_cells(SMOKE, tasks=["CarlaParking-v0"])
+    with pytest.raises(GridError, match="unknown preset 'huge'.*smoke, small, paper"):
+        get_preset("huge")
+    with pytest.raises(GridError, match="non-negative"):
+        make_cells(SMOKE, seeds=[-1])
+    with pytest.raises(GridError, match="unknown agent preset"):
+        GridPreset(name="x", agent_preset="huge", seeds=(0,), episodes=1)
+    assert main(["run", "--preset", "smoke", "--out", "x", "--models", "nope", "--no-table"]) == 2
+    assert "unknown model(s) ['nope']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "--preset", "huge", "--out", "x"])
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_result_directories_that_cannot_be_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps({"format": "carla-safe/results-v0"}))
+    argv = ["--preset", "smoke", "--models", "expert", "--no-table", "--no-progress"]
+    assert main(["run", "--out", str(old), *argv]) == 2
+    assert "incompatible result store (format 'carla-safe/results-v0')" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not empty and is not a benchmark result directory"):
+        ResultStore.open_or_create(other, SMOKE.protocol())
+    small = tmp_path / "small"
+    ResultStore.open_or_create(small, PRESETS["small"].protocol())
+    with pytest.raises(StoreError, match="another protocol.*agent_preset.*--preset small"):
+        ResultStore.open_or_create(small, SMOKE.protocol())
+    store = ResultStore(small)
+    with store.lock(), pytest.raises(StoreError, match="another `benchmarks run` is writing"):
+        with ResultStore(small).lock():
+            pass
+    rows = [{"store_format": STORE_FORMAT}]
+    with pytest.raises(StoreError, match="lack the columns"):
+        store.write_cell(Cell("expert", TASKS[0], 0), rows)
+
+
+def test_labeler_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.prepare as prepare
+
+    weights = tmp_path / "clip.bin"
+    weights.write_bytes(b"weights")
+    with monkeypatch.context() as patch:
+        patch.setattr(prepare, "find_clip_weights", lambda: (None, ["the test's nowhere"]))
+        auto = resolve_labeler("auto")
+        assert auto.name == "oracle" and "no CLIP weights" in auto.reason
+        assert "the test's nowhere" in auto.reason
+        with pytest.raises(GridError, match="no CLIP ViT-B-32 weights.*--labeler oracle"):
+            resolve_labeler("clip")
+        chosen = resolve_labeler("auto", checkpoint=weights)
+        assert chosen.name == "clip" and chosen.options["checkpoint"] == str(weights)
+    monkeypatch.setenv(prepare.CLIP_CHECKPOINT_ENV, str(weights))  # found without a search
+    assert prepare.find_clip_weights()[0] == weights
+    assert resolve_labeler("auto").options["checkpoint"] == str(weights)
+    assert resolve_labeler("oracle").name == "oracle"
+
+
+def test_job_is_picklable() -> None:
+    import pickle
+
+    job = Job(Cell("expert", TASKS[0], 0), "debug", 1, 0, None, "", "m", "l")
+    assert pickle.loads(pickle.dumps(job)) == job
