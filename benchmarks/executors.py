@@ -51,6 +51,7 @@ class Job:
         model_dir: where the trained agent is saved (and reused from, when complete).
         log_file: the cell's log file (appended to).
         env_kwargs: extra environment options of the task.
+        config: overrides of the agent preset's fields (the grid's budget for this model).
         progress: show the training and evaluation progress bars.
     """
 
@@ -63,6 +64,7 @@ class Job:
     model_dir: str
     log_file: str
     env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
     progress: bool = False
 
 
@@ -145,6 +147,7 @@ def run_cell(job: Job) -> CellResult:
             preset=job.agent_preset,
             seed=cell.seed,
             env_kwargs=job.env_kwargs,
+            config=job.config,
         )
         model_dir = Path(job.model_dir)
         if _saved_agent_matches(model_dir, agent):

@@ -10,8 +10,9 @@ agent preset each model is made with (``baselines.agent.PRESET_NAMES``), the off
   the methods.  ``make run`` runs it with two workers: 8.4 minutes for the 36 cells on the
   2-core CI machine kind (2026-11-25, while other work shared the cores), against a budget
   of 10.
-- ``small``: a CPU overnight run: agent preset ``small``, 3 seeds, 20,000-step datasets, 10
-  evaluation episodes.
+- ``small``: a CPU overnight run: agent preset ``small`` (its network sizes) with the
+  training budgets of :data:`SMALL_BUDGETS` (~12 minutes of one core per cell), 3 seeds,
+  20,000-step datasets, 10 evaluation episodes.
 - ``paper``: the budgets of a GPU cluster: agent preset ``paper``, 5 seeds, 100,000-step
   datasets, 20 evaluation episodes (documented; not run in CI).
 
@@ -57,6 +58,8 @@ class GridPreset:
             this machine), ``oracle`` (privileged, no weights), ``auto`` (``clip`` when the
             weights are found locally, else ``oracle``; the table's caption says which).
         env_kwargs: task id -> extra environment options (none: the tasks' defaults).
+        agent_config: model name -> overrides of its agent preset's fields (the training
+            budget a grid can afford; see ``SMALL_BUDGETS``), passed to ``make_agent``.
     """
 
     name: str
@@ -70,6 +73,7 @@ class GridPreset:
     offline_optional: bool = True
     labeler: LabelerChoice = "auto"
     env_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    agent_config: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from baselines.agent import PRESET_NAMES
@@ -95,8 +99,27 @@ class GridPreset:
         out.pop("seeds")
         out["dataset_noise"] = list(self.dataset_noise)
         out["env_kwargs"] = {task: dict(kw) for task, kw in sorted(self.env_kwargs.items())}
+        out["agent_config"] = {m: dict(kw) for m, kw in sorted(self.agent_config.items())}
         return out
 
+
+#: Training budgets of the ``small`` grid: the agents' ``small`` networks, with as many steps
+#: or updates as fit ~12 minutes of one core each (rates measured on the 2-vCPU CI machine
+#: kind, one math thread, 2026-11-25: PPO 75 env steps/s, DQN 46, SAC 16; BC ~4 updates/s,
+#: CQL ~1.2, IQL ~0.4; the world-model agents ~0.3), so that 9 models x 4 tasks x 3 seeds
+#: with 10 evaluation episodes each finish overnight (~12-14 h) with ``--workers 2``.  The
+#: agents' own ``small`` presets are the budgets of one model trained for hours.
+SMALL_BUDGETS: dict[str, dict[str, Any]] = {
+    "ppo": {"total_timesteps": 50_000},
+    "dqn": {"total_timesteps": 30_000, "learning_starts": 2_000},
+    "sac": {"total_timesteps": 10_000, "learning_starts": 1_000},
+    "bc": {"n_steps": 3_000, "n_steps_per_epoch": 500},
+    "cql": {"n_steps": 1_000, "n_steps_per_epoch": 250},
+    "iql": {"n_steps": 300, "n_steps_per_epoch": 100},
+    "dreamerv3": {"updates": 200, "pretrain_updates": 50, "checkpoint_every": 100},
+    "fosp": {"updates": 200, "pretrain_updates": 50, "checkpoint_every": 100},
+    "vlsafe": {"updates": 200, "pretrain_updates": 50, "checkpoint_every": 100},
+}
 
 PRESETS: dict[str, GridPreset] = {
     p.name: p
@@ -109,7 +132,13 @@ PRESETS: dict[str, GridPreset] = {
             dataset_steps=600,
             dataset_noise=(0.1, 0.3),
         ),
-        GridPreset(name="small", agent_preset="small", seeds=(0, 1, 2), episodes=10),
+        GridPreset(
+            name="small",
+            agent_preset="small",
+            seeds=(0, 1, 2),
+            episodes=10,
+            agent_config=SMALL_BUDGETS,
+        ),
         GridPreset(
             name="paper",
             agent_preset="paper",

@@ -145,6 +145,7 @@ def run_grid(
                     model_dir=str(store.model_dir(cell)),
                     log_file=str(store.log_file(cell)),
                     env_kwargs=dict(preset.env_kwargs.get(cell.task, {})),
+                    config=dict(preset.agent_config.get(cell.model, {})),
                     progress=progress,
                 )
             )

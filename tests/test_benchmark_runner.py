@@ -341,3 +341,32 @@ def test_job_is_picklable() -> None:
 
     job = Job(Cell("expert", TASKS[0], 0), "debug", 1, 0, None, "", "m", "l")
     assert pickle.loads(pickle.dumps(job)) == job
+
+
+@pytest.mark.parametrize("grid", list(PRESETS))
+def test_grid_budgets_are_valid_agent_configs(grid: str) -> None:
+    preset = PRESETS[grid]
+    assert set(preset.agent_config) <= set(TABLE_MODELS)
+    for model, overrides in preset.agent_config.items():
+        agent = make_agent(model, "CarlaLeftTurn-v0", preset=preset.agent_preset, config=overrides)
+        for key, value in overrides.items():
+            assert getattr(agent.config, key) == value
+
+
+def test_a_cell_is_made_with_the_grid_budget(tmp_path: Path) -> None:
+    budget = {"noise": 0.25}
+    job = Job(
+        cell=Cell("expert", "CarlaLeftTurn-v0", 0),
+        agent_preset="debug",
+        episodes=1,
+        eval_seed=0,
+        dataset=None,
+        labeler="",
+        model_dir=str(tmp_path / "model"),
+        log_file=str(tmp_path / "log.txt"),
+        config=budget,
+    )
+    results = list(LocalExecutor(workers=1).run([job]))
+    assert len(results) == 1
+    saved = json.loads((tmp_path / "model" / "agent.json").read_text())
+    assert saved["config"]["noise"] == 0.25
