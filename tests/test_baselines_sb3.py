@@ -16,7 +16,7 @@ pytest.importorskip("stable_baselines3")
 
 from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.callbacks import CallbackList  # noqa: E402
-from stable_baselines3.common.logger import configure  # noqa: E402
+from stable_baselines3.common.logger import Logger, configure  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
 from baselines.agent import PRESET_NAMES, AgentError, make_agent  # noqa: E402
@@ -197,6 +197,7 @@ def test_episode_callback_refuses_a_missing_cost() -> None:
             return obs, reward, terminated, truncated, info
 
     model = PPO("MlpPolicy", DummyVecEnv([lambda: NoCost(3, False)]), n_steps=8, batch_size=8)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default writes to /tmp
     with pytest.raises(AgentError, match=r"info has no \['cost'\]"):
         model.learn(8, callback=EpisodeLogCallback())
 
