@@ -21,7 +21,6 @@ their means.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -507,7 +506,7 @@ class SB3Agent(BaseAgent):
                 self.model.set_env(env)
             self.model.set_logger(logger)
             start = self.model.num_timesteps
-            with _maybe_progress(progress, cfg.total_timesteps, f"train {self.name}") as bar:
+            with progress_bar(cfg.total_timesteps, f"train {self.name}", progress) as bar:
                 callbacks: list[BaseCallback] = [episodes]
                 if bar is not None:
                     callbacks.append(ProgressCallback(bar))
@@ -579,11 +578,6 @@ def _make_logger(log_dir: Path | None) -> Logger:
     if importlib.util.find_spec("tensorboard") is not None:
         formats.append("tensorboard")
     return configure(str(log_dir), formats)
-
-
-def _maybe_progress(enabled: bool, total: int, desc: str):
-    """A progress bar over ``total`` steps, or nothing."""
-    return progress_bar(total, desc) if enabled else contextlib.nullcontext()
 
 
 class PPOAgent(SB3Agent):

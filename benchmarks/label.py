@@ -22,7 +22,6 @@ import json
 import logging
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +114,7 @@ def label_dataset(
             (start, np.empty((min(batch_size, n - start), 0, 0, 3), dtype=np.uint8))
             for start in range(0, n, batch_size)
         )
-    with progress_bar(n, f"label {labeler.name}") if progress else nullcontext() as bar:
+    with progress_bar(n, f"label {labeler.name}", progress) as bar:
         for start, frames in batches:
             stop = start + len(frames)
             batch_signals = {name: values[start:stop] for name, values in signals.items()}

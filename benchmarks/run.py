@@ -23,7 +23,6 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,8 +149,7 @@ def run_grid(
                 )
             )
 
-        bar_context = progress_bar(len(jobs), "benchmark grid") if progress else nullcontext()
-        with bar_context as bar:
+        with progress_bar(len(jobs), "benchmark grid", progress) as bar:
             for result in executor.run(jobs):
                 if result.log_text is not None:
                     _append(store.log_file(result.cell), result.log_text)

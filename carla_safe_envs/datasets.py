@@ -27,7 +27,6 @@ File attributes: ``schema``, ``carla_safe_version``, ``task``, ``seed``, ``noise
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from carla_safe_envs.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -189,17 +190,6 @@ def _episode_specs(seed: int, noise: Sequence[float], steps: int) -> Iterator[Ep
         k += 1
 
 
-@contextlib.contextmanager
-def _progress(total: int, enabled: bool) -> Iterator[Any]:
-    if not enabled:
-        yield None
-        return
-    from carla_safe_envs.progress import progress_bar
-
-    with progress_bar(total, "collect") as bar:
-        yield bar
-
-
 def partial_path(out: str | os.PathLike) -> Path:
     """Where :func:`collect` writes before the atomic rename to ``out``."""
     out = Path(out)
@@ -251,7 +241,7 @@ def collect(
     tmp = partial_path(out)
     specs = _episode_specs(seed, noise, steps)
     try:
-        with h5py.File(tmp, "w") as file, _progress(steps, progress) as bar:
+        with h5py.File(tmp, "w") as file, progress_bar(steps, "collect", progress) as bar:
             writer = _Writer(file, steps)
             if workers == 1:
                 on_step = (lambda: bar.update(1)) if bar is not None else None

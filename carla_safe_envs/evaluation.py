@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
 from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
@@ -139,9 +138,8 @@ def evaluate(
 
     name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
     results, frames = [], []
-    bar_context = progress_bar(episodes, f"evaluate {name}") if progress else nullcontext()
     try:
-        with bar_context as bar:
+        with progress_bar(episodes, f"evaluate {name}", progress) as bar:
             for ep in range(episodes):
                 metrics, ep_frames = run_episode(
                     env,

@@ -32,8 +32,12 @@ class _StderrProgress:
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, desc: str) -> Iterator[Progress]:
-    """A tqdm bar on stderr if tqdm is installed, else a plain stderr counter."""
+def progress_bar(total: int, desc: str, enabled: bool = True) -> Iterator[Progress | None]:
+    """A tqdm bar on stderr if tqdm is installed, else a plain stderr counter; ``None`` (no
+    output) when ``enabled`` is false, so callers write ``if bar is not None: bar.update()``."""
+    if not enabled:
+        yield None
+        return
     try:
         from tqdm.auto import tqdm
     except ImportError:

@@ -105,12 +105,9 @@ class TrainingRun:
     @contextlib.contextmanager
     def phase(self, total: int, desc: str) -> Iterator[None]:
         """A progress bar of ``total`` units (updates or env steps) for one training phase."""
-        if not self.progress:
-            yield
-            return
         from carla_safe_envs.progress import progress_bar
 
-        with progress_bar(total, desc) as bar:
+        with progress_bar(total, desc, self.progress) as bar:
             self.bar = bar
             try:
                 yield
