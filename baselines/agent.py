@@ -31,6 +31,8 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from carla_safe_envs.evaluation import Policy
+
 log = logging.getLogger(__name__)
 
 AGENT_FORMAT = "carla-safe/agent-v1"
@@ -46,8 +48,9 @@ class AgentError(ValueError):
 
 
 @runtime_checkable
-class Agent(Protocol):
-    """What the evaluation loop, the CLI and the benchmark grid need from a model."""
+class Agent(Policy, Protocol):
+    """What the evaluation loop, the CLI and the benchmark grid need from a model: a
+    :class:`~carla_safe_envs.evaluation.Policy` (``act``) that can also fit and save."""
 
     name: ClassVar[str]
     task_id: str
@@ -60,14 +63,6 @@ class Agent(Protocol):
         log_dir: str | os.PathLike | None = None,
         progress: bool = True,
     ) -> dict[str, Any]: ...
-
-    def act(
-        self,
-        obs: np.ndarray,
-        state: Any = None,
-        episode_start: np.ndarray | None = None,
-        deterministic: bool = True,
-    ) -> tuple[np.ndarray, Any]: ...
 
     def save(self, path: str | os.PathLike) -> Path: ...
 
