@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from benchmarks import collect, speed, wm_check, wm_speed
+from benchmarks import collect, generalize, speed, wm_check, wm_speed
 from benchmarks.label import LABEL_COMMAND, LABEL_REPORT_COMMAND
 from benchmarks.run import RUN_COMMAND
 from benchmarks.table import TABLE_COMMAND
@@ -40,6 +40,7 @@ COMMANDS: dict[str, Command] = {
     "table": Command(*TABLE_COMMAND),
     "wm-check": Command(wm_check.HELP, wm_check.add_arguments, wm_check.run),
     "wm-speed": Command(wm_speed.HELP, wm_speed.add_arguments, wm_speed.run),
+    "generalize": Command(generalize.HELP, generalize.add_arguments, generalize.run),
 }
 
 PROG = "python -m benchmarks"

@@ -177,7 +177,7 @@ class CarlaSafeEnv(gym.Env):
                 f"unsupported render_mode {render_mode!r}: expected None or 'rgb_array'"
             )
         task_cls = TASKS[task]
-        self.road = load_town(task_cls.town)
+        self.road = load_town(task_cls.town_for(task_options))  # the `town` option, if any
         self.task = task_cls(self.road, **task_options)
         self.backend = make_backend(backend, **(backend_options or {}))
         self.action_mode = action_mode

@@ -23,6 +23,7 @@ Command line (prints the metrics of DESIGN section 4)::
 
     python -m carla_safe_envs.expert --task CarlaLeftTurn-v0 --episodes 10 --seed 0 [--json]
     python -m carla_safe_envs.expert --all-tasks --episodes 3 --video-dir runs
+    python -m carla_safe_envs.expert --task CarlaLeftTurn-v0 --town Town05 --density high
 """
 
 from __future__ import annotations
@@ -332,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--difficulty", choices=("simple", "medium", "hard"), help="Left/Right Turn only"
     )
+    parser.add_argument(
+        "--density", choices=("low", "base", "high"), help="traffic level (every task)"
+    )
+    parser.add_argument(
+        "--town", help="lay the task out on another town (see docs/generalization.md)"
+    )
     parser.add_argument("--action-mode", choices=("discrete", "continuous"), default="discrete")
     parser.add_argument(
         "--video-dir", type=Path, help="write a BEV video of the first episode per task here"
@@ -355,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
                     parser.error(f"--difficulty applies to the Left/Right Turn tasks, not {env_id}")
             else:
                 kwargs["difficulty"] = args.difficulty
+        if args.density:
+            kwargs["density"] = args.density
+        if args.town:
+            kwargs["town"] = args.town
         video = args.video_dir / f"{env_id}.mp4" if args.video_dir else None
         t0 = time.perf_counter()
         rows[env_id] = run_episodes(

@@ -2,7 +2,7 @@
 
 Run once, when the maps or this compiler change (``make maps``):
 
-    python -m carla_safe_envs.maps.compile [--towns Town03 Town04] [--step 1.0]
+    python -m carla_safe_envs.maps.compile [--towns Town03 Town04 ...] [--step 1.0]
 
 It parses ``data/<Town>.xodr.gz`` offline with the ``carla`` client wheel
 (``carla.Map(name, xodr_text)``; no server) and writes ``data/<Town>.npz``, which the
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-TOWNS = ("Town03", "Town04")
+TOWNS = ("Town03", "Town04", "Town01", "Town02", "Town05", "Town10HD")  # task towns first
 
 # Marking codes stored per point; index = code.
 MARK_TYPES = (

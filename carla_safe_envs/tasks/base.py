@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from carla_safe_envs.route import Route
 
 STEER_VALUES = (-0.6, -0.2, 0.0, 0.2, 0.6)  # CarDreamer's discrete steering
 ACC_VALUES = (-2.0, 0.0, 2.0)  # [m/s^2]
+DENSITY_LEVELS = ("low", "base", "high")  # named traffic levels; "base" is CarDreamer's
 
 
 @dataclass(frozen=True)
@@ -53,13 +55,26 @@ class Task(abc.ABC):
     """Base class of the four tasks; see the module docstring."""
 
     name: ClassVar[str]
-    town: ClassVar[str]
+    town: ClassVar[str]  # the CarDreamer town, the default of the ``town`` option
+    towns: ClassVar[tuple[str, ...]] = ()  # every town it can be laid out on, ``town`` first
     Options: ClassVar[type[TaskOptions]] = TaskOptions
     steer_values: ClassVar[tuple[float, ...]] = STEER_VALUES
 
+    @classmethod
+    def town_for(cls, options: Mapping[str, Any]) -> str:
+        """The town that task ``options`` (as given to ``gym.make``) put the task on."""
+        town = options.get("town", cls.town)
+        towns = cls.towns or (cls.town,)
+        if town not in towns:
+            raise ValueError(f"{cls.name}: unknown town {town!r}: expected one of {list(towns)}")
+        return town
+
     def __init__(self, road: RoadMap, **options):
-        if road.town != self.town:
-            raise ValueError(f"{self.name} runs on {self.town}, got a {road.town} map")
+        town = self.town_for(options)
+        if road.town != town:
+            raise ValueError(
+                f"{self.name} with town={town!r} runs on {town}, got a {road.town} map"
+            )
         valid = [f.name for f in dataclasses.fields(self.Options)]
         unknown = sorted(set(options) - set(valid))
         if unknown:
@@ -68,6 +83,7 @@ class Task(abc.ABC):
             )
         self.options = self.Options(**options)
         self.road = road
+        self.town = town  # the instance's town (the class attribute is the default)
 
     @abc.abstractmethod
     def episode(self, rng: np.random.Generator) -> tuple[Scenario, Route]:

@@ -10,6 +10,11 @@ Navigation: a random start on a Town04 lane outside junctions, a random route fo
 lane graph (long horizon: by default 1 km, more than 500 steps at the 4 m/s reward speed), and
 autopilot traffic on the route's lanes and their neighbours, re-spawned out of view to stay
 within 100 m of the ego.
+
+Variants (options of the same ids): ``density`` ``low`` / ``base`` / ``high`` sets
+``num_vehicles`` and ``traffic_speed`` (:data:`TRAFFIC_DENSITY`; values given explicitly win);
+``town`` lays Four Lane out on a multi-lane stretch of another town and starts Navigation's
+random routes there (see :mod:`.layouts` for the rules).
 """
 
 from __future__ import annotations
@@ -20,24 +25,49 @@ import numpy as np
 
 from carla_safe_envs.backends.base import Pose, Scenario, TrafficSpec
 from carla_safe_envs.route import Route, lane_polyline, resample, straightest_successor
-from carla_safe_envs.tasks.base import Task, TaskOptions, option
+from carla_safe_envs.tasks.base import DENSITY_LEVELS, Task, TaskOptions, option
+from carla_safe_envs.tasks.layouts import followable_successors, multi_lane_stretches
 
 FOUR_LANE_ROAD = 1072  # Town04 road of the start (lanes -1..-4)
 START_Y, END_Y = 100.0, -58.0  # [m]
+STRETCH_LENGTH = 140.0  # [m] on other towns: the expert arrives within 500 steps (Town10HD)
+FOUR_LANE_TOWNS = ("Town04", "Town05", "Town10HD")  # Town01/02 have one lane each way
+NAVIGATION_TOWNS = ("Town04", "Town01", "Town02", "Town05", "Town10HD")
+# density level -> (num_vehicles, traffic_speed [m/s]); "base" is CarDreamer's 50 vehicles
+TRAFFIC_DENSITY: dict[str, tuple[int, float]] = {
+    "low": (20, 7.0),
+    "base": (50, 6.0),
+    "high": (100, 5.0),
+}
+assert tuple(TRAFFIC_DENSITY) == DENSITY_LEVELS
 
 
 @dataclass(frozen=True)
 class TrafficOptions(TaskOptions):
-    """Options of the tasks with autopilot traffic."""
+    """Options of the tasks with autopilot traffic.
 
-    num_vehicles: int = option(50, doc="background vehicles around the ego", range=(0, 200))
+    ``num_vehicles`` and ``traffic_speed`` default to the ``density`` level's values; given
+    explicitly they win over it.
+    """
+
+    density: str = option("base", doc="traffic level (TRAFFIC_DENSITY)", choices=DENSITY_LEVELS)
+    num_vehicles: int = option(None, doc="background vehicles around the ego", range=(0, 200))
     traffic_speed: float = option(
-        6.0, doc="mean desired speed of the traffic [m/s]", range=(0.5, 30.0)
+        None, doc="mean desired speed of the traffic [m/s]", range=(0.5, 30.0)
     )
+
+    def __post_init__(self) -> None:
+        level = TRAFFIC_DENSITY.get(self.density)
+        if level is not None:  # an unknown level is reported by the base class
+            for name, value in zip(("num_vehicles", "traffic_speed"), level, strict=True):
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, value)
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
 class FourLaneOptions(TrafficOptions):
+    town: str = option("Town04", doc="town of the stretch", choices=FOUR_LANE_TOWNS)
     stretch_min: float = option(
         15.0, doc="shortest straight stretch between lane changes [m]", range=(1.0, 500.0)
     )
@@ -50,18 +80,28 @@ class FourLaneOptions(TrafficOptions):
 class FourLane(Task):
     name = "CarlaFourLane-v0"
     town = "Town04"
+    towns = FOUR_LANE_TOWNS
     Options = FourLaneOptions
 
     def __init__(self, road, **options):
         super().__init__(road, **options)
         if self.options.stretch_min > self.options.stretch_max:
             raise ValueError("stretch_min must not exceed stretch_max")
+        if self.town == "Town04":
+            self.layouts = [self._town04_layout(road)]
+        else:
+            self.layouts = self._stretch_layouts(road)
+
+    @staticmethod
+    def _town04_layout(road) -> tuple[list[np.ndarray], tuple[int, ...], float]:
+        """CarDreamer's stretch: per lane (x, y, z) 1 m apart in y, the traffic lanes, the
+        start yaw."""
         # The four lanes from the start row to past the end row, resampled 1 m apart in y.
         starts = sorted(
             road.lanes_of_road(FOUR_LANE_ROAD), key=lambda i: road.pts[road.lane_start[i], 0]
         )
         ys = np.arange(START_Y, END_Y - 0.5, -1.0)
-        self.lane_xy = []  # per lane, (x, y, z) at each y of `ys`
+        lane_xy = []  # per lane, (x, y, z) at each y of `ys`
         spawn_lanes: set[int] = set()
         for lane in starts:
             path = [int(lane)]
@@ -72,7 +112,7 @@ class FourLane(Task):
             order = np.argsort(line[:, 1])
             x = np.interp(ys, line[order, 1], line[order, 0])
             z = np.interp(ys, line[order, 1], line[order, 2])
-            self.lane_xy.append(np.stack([x, ys, z], axis=1))
+            lane_xy.append(np.stack([x, ys, z], axis=1))
         # Traffic on the highway both ways: every lane with points near the start/end corridor.
         near = [
             int(i)
@@ -84,12 +124,56 @@ class FourLane(Task):
                 & (road.pts[road.lane_slice(i), 1] > END_Y - 120)
             )
         ]
-        self.spawn_lanes = tuple(sorted(spawn_lanes | set(near)))
+        return lane_xy, tuple(sorted(spawn_lanes | set(near))), -np.pi / 2
+
+    def _stretch_layouts(self, road) -> list[tuple[list[np.ndarray], tuple[int, ...], float]]:
+        """Every best multi-lane stretch of another town (:func:`.layouts.multi_lane_stretches`:
+        most lanes, full length, fewest junction lanes), with the lanes of its traffic: lanes
+        running along it either way within 10 m of its outer lanes, at its level."""
+        length = STRETCH_LENGTH
+        found = multi_lane_stretches(road, length)
+        if not found:
+            raise ValueError(f"{self.name}: {self.town} has no multi-lane stretch")
+        best = found[0]
+        chosen = [
+            st
+            for st in found
+            if len(st.lanes) == len(best.lanes)
+            and min(st.length, length) == min(best.length, length)
+            and st.junction_lanes == best.junction_lanes
+        ]
+        layouts = []
+        for st in chosen:
+            corridor = np.concatenate(st.lanes)[:, :2]
+            ref = st.lanes[0]
+            d = np.diff(ref[:, :2], axis=0)
+            seg_yaw = np.arctan2(d[:, 1], d[:, 0])
+            lo, hi = corridor.min(0) - 10.0, corridor.max(0) + 10.0
+            box = np.flatnonzero(
+                np.all((road.pts[:, :2] > lo) & (road.pts[:, :2] < hi), axis=1)
+                & (np.abs(road.pts[:, 2] - ref[0, 2]) < 4.0)
+            )
+            d2 = ((road.pts[box, None, :2] - corridor[None]) ** 2).sum(-1)  # (P, C)
+            near_pt = box[d2.min(axis=1) < 10.0**2]
+            # heading along the stretch (either way) at the nearest reference segment
+            ref_i = np.minimum(
+                (((road.pts[near_pt, None, :2] - ref[None, :, :2]) ** 2).sum(-1)).argmin(1),
+                len(seg_yaw) - 1,
+            )
+            along = np.abs(np.cos(road.yaw[near_pt] - seg_yaw[ref_i])) > 0.9
+            lanes = set(st.lane_ids) | set(road.point_lane[near_pt[along]].tolist())
+            yaw0 = float(seg_yaw[0])
+            layouts.append((list(st.lanes), tuple(sorted(int(i) for i in lanes)), yaw0))
+        return layouts
 
     def episode(self, rng: np.random.Generator) -> tuple[Scenario, Route]:
         o = self.options
-        n = len(self.lane_xy[0])
-        lane = int(rng.integers(len(self.lane_xy)))
+        if len(self.layouts) == 1:  # no draw: Town04's episodes stay CarDreamer's
+            lane_xy, spawn_lanes, yaw0 = self.layouts[0]
+        else:
+            lane_xy, spawn_lanes, yaw0 = self.layouts[int(rng.integers(len(self.layouts)))]
+        n = len(lane_xy[0])
+        lane = int(rng.integers(len(lane_xy)))
         start_lane = lane
         offsets = np.zeros(n)  # fractional lane index along the route
         i = 0
@@ -99,23 +183,23 @@ class FourLane(Task):
             i += stretch
             if i >= n:
                 break
-            moves = [m for m in (-1, 1) if 0 <= lane + m < len(self.lane_xy)]
+            moves = [m for m in (-1, 1) if 0 <= lane + m < len(lane_xy)]
             new = lane + int(rng.choice(moves))
             k = int(o.change_length)
             offsets[i : i + k] = lane + (new - lane) * (np.arange(1, k + 1)[: n - i] / k)
             lane, i = new, i + k
-        stack = np.stack(self.lane_xy)  # (4, n, 3)
-        lo = np.floor(offsets).astype(int).clip(0, len(self.lane_xy) - 1)
-        hi = np.minimum(lo + 1, len(self.lane_xy) - 1)
+        stack = np.stack(lane_xy)  # (lanes, n, 3)
+        lo = np.floor(offsets).astype(int).clip(0, len(lane_xy) - 1)
+        hi = np.minimum(lo + 1, len(lane_xy) - 1)
         t = (offsets - lo)[:, None]
         idx = np.arange(n)
         points = resample(stack[lo, idx] * (1 - t) + stack[hi, idx] * t)
-        start = self.lane_xy[start_lane][0]
-        ego = Pose(float(start[0]), float(start[1]), -np.pi / 2, z=float(start[2]))
+        start = lane_xy[start_lane][0]
+        ego = Pose(float(start[0]), float(start[1]), yaw0, z=float(start[2]))
         traffic = TrafficSpec(
             kind="autopilot",
             count=o.num_vehicles,
-            lanes=self.spawn_lanes,
+            lanes=spawn_lanes,
             radius=150.0,
             speed=o.traffic_speed,
         )
@@ -124,6 +208,7 @@ class FourLane(Task):
 
 @dataclass(frozen=True)
 class NavigationOptions(TrafficOptions):
+    town: str = option("Town04", doc="town of the routes", choices=NAVIGATION_TOWNS)
     route_length: float = option(
         1000.0, doc="length of the random route [m]", range=(20.0, 10000.0)
     )
@@ -132,6 +217,7 @@ class NavigationOptions(TrafficOptions):
 class Navigation(Task):
     name = "CarlaNavigation-v0"
     town = "Town04"
+    towns = NAVIGATION_TOWNS
     Options = NavigationOptions
 
     def __init__(self, road, **options):
@@ -140,6 +226,11 @@ class Navigation(Task):
         self.start_lanes = np.flatnonzero(
             (road.lane_junction < 0) & (road.lane_length > 30.0) & (np.abs(road.lane_z) < 1.0)
         )
+        # On other towns the route avoids turns tighter than the discrete steering can follow
+        # (:func:`.layouts.followable_successors`); Town04's routes stay CarDreamer's.
+        self.successors = (
+            road.successors if self.town == "Town04" else followable_successors(road).__getitem__
+        )
 
     def episode(self, rng: np.random.Generator) -> tuple[Scenario, Route]:
         road, o = self.road, self.options
@@ -147,7 +238,7 @@ class Navigation(Task):
         s0 = float(rng.uniform(0.0, road.lane_length[lane] - 20.0))
         lanes, total = [lane], road.lane_length[lane] - s0
         while total < o.route_length + 1.0:
-            succ = road.successors(lanes[-1])
+            succ = self.successors(lanes[-1])
             lanes.append(int(succ[rng.integers(len(succ))]))
             total += road.lane_length[lanes[-1]]
         points = resample(lane_polyline(road, lanes, s0))[: int(o.route_length) + 1]
