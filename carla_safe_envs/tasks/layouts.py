@@ -24,6 +24,7 @@ layouts, in the order given here).  The rules read only the compiled :class:`Roa
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -104,7 +105,8 @@ def _nearest_on(line: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.nd
     return line[k], np.sqrt(d2[np.arange(len(points)), k])
 
 
-def multi_lane_stretches(road: RoadMap, length: float) -> list[Stretch]:
+@functools.cache  # maps are cached per process: the layouts of a town are computed once
+def multi_lane_stretches(road: RoadMap, length: float) -> tuple[Stretch, ...]:
     """Every multi-lane stretch of ``road`` (see the module docstring), best first."""
     found = []
     leftmost = np.flatnonzero(
@@ -140,7 +142,7 @@ def multi_lane_stretches(road: RoadMap, length: float) -> list[Stretch]:
     found.sort(
         key=lambda s: (-len(s.lanes), -min(s.length, length), s.junction_lanes, s.lane_ids[0])
     )
-    return found
+    return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,8 @@ def _forward(road: RoadMap, lane: int, dist: float):
         need -= float(road.lane_length[cur])
 
 
-def turn_sites(road: RoadMap, side: str) -> list[TurnSite]:
+@functools.cache
+def turn_sites(road: RoadMap, side: str) -> tuple[TurnSite, ...]:
     """Every ``side`` ("left" or "right") turn site of ``road`` (see the module docstring)."""
     lo, hi = LEFT if side == "left" else RIGHT
     preds: dict[int, list[int]] = {}
@@ -232,4 +235,4 @@ def turn_sites(road: RoadMap, side: str) -> list[TurnSite]:
                 flow=(float(p[0]), float(p[1]), yaw),
             )
         )
-    return sites
+    return tuple(sites)
