@@ -24,7 +24,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -37,10 +37,16 @@ log = logging.getLogger(__name__)
 
 AGENT_FORMAT = "carla-safe/agent-v1"
 METADATA_FILE = "agent.json"
-PRESET_NAMES: tuple[str, ...] = ("debug", "small", "paper")
+PRESET_NAMES: tuple[str, ...] = ("debug", "small", "cpu", "paper")
 
 Training = Literal["online", "offline", "none"]
 ActionMode = Literal["discrete", "continuous"]
+BudgetUnit = Literal["updates", "env_steps"]
+
+#: ``hook(done, total, unit)``: called by ``fit`` when training has reached each of the
+#: evenly spaced points of its budget (``done`` of ``total`` updates or env steps); the agent
+#: can act at that moment (``benchmarks learn-check`` evaluates it there).
+TrainingHook = Callable[[int, int, BudgetUnit], None]
 
 
 class AgentError(ValueError):
@@ -62,6 +68,8 @@ class Agent(Policy, Protocol):
         *,
         log_dir: str | os.PathLike | None = None,
         progress: bool = True,
+        hook: TrainingHook | None = None,
+        hook_points: int = 10,
     ) -> dict[str, Any]: ...
 
     def save(self, path: str | os.PathLike) -> Path: ...
@@ -256,6 +264,9 @@ class BaseAgent:
         self.action_mode: ActionMode = self.spec.action_mode
         self.config = config_from_dict(self.presets[preset], config)
         self.train_info: dict[str, Any] = {}
+        self._hook: TrainingHook | None = None
+        self._hook_points = 0
+        self._hook_next = 1  # index of the next budget point to report
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(task={self.task_id!r}, preset={self.preset!r}, seed={self.seed})"
@@ -275,13 +286,21 @@ class BaseAgent:
         *,
         log_dir: str | os.PathLike | None = None,
         progress: bool = True,
+        hook: TrainingHook | None = None,
+        hook_points: int = 10,
     ) -> dict[str, Any]:
         """Train with the preset's budget; a summary (steps, seconds, final losses).
 
         Online agents train in the environment and refuse a dataset; offline agents need the
         dataset file of their task and action mode (and, for VL-SAFE, its safety labels).
         ``log_dir`` receives the training log (CSV or TensorBoard, by named keys).
+        ``hook(done, total, unit)`` is called once training passes each of ``hook_points``
+        evenly spaced points of the budget (the last one at its end), with the agent ready
+        to act; time spent in the hook is not training time but is in ``seconds``.
         """
+        if hook is not None and hook_points < 1:
+            raise AgentError(f"hook_points must be >= 1, got {hook_points}")
+        self._hook, self._hook_points, self._hook_next = hook, hook_points, 1
         training = self.spec.training
         if training != "offline" and dataset is not None and not self.spec.dataset_optional:
             raise AgentError(
@@ -305,6 +324,7 @@ class BaseAgent:
         try:
             summary = dict(self._fit(opened, log_dir=log_path, progress=progress) or {})
         finally:
+            self._hook = None
             if opened is not None:
                 opened.close()
         summary["seconds"] = round(time.perf_counter() - t0, 3)
@@ -312,6 +332,18 @@ class BaseAgent:
             summary["dataset"] = str(dataset)
         self.train_info = summary
         return summary
+
+    def report_progress(self, done: int, total: int, unit: BudgetUnit) -> None:
+        """Called by the implementations as training advances (``done`` of ``total``
+        updates or env steps, as often as they like): runs the ``fit`` hook once when
+        ``done`` has reached the next budget point ``k * total / hook_points`` (once, not
+        once per point, when a call passes several)."""
+        if self._hook is None or total < 1 or self._hook_next > self._hook_points:
+            return
+        reached = min(done * self._hook_points // total, self._hook_points)
+        if reached >= self._hook_next:
+            self._hook_next = reached + 1
+            self._hook(int(done), int(total), unit)
 
     def check_dataset(self, path: str | os.PathLike):
         """The opened dataset, after checking that it fits this agent (task, action mode,

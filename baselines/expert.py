@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from baselines.agent import BaseAgent
+from baselines.agent import PRESET_NAMES, BaseAgent
 from carla_safe_envs.expert import ExpertPolicy
 
 
@@ -24,7 +24,7 @@ class ExpertConfig:
 
 class ExpertAgent(BaseAgent):
     name = "expert"
-    presets = {"debug": ExpertConfig(), "small": ExpertConfig(), "paper": ExpertConfig()}
+    presets = dict.fromkeys(PRESET_NAMES, ExpertConfig())
 
     def __init__(self, task_id: str, **kwargs: Any) -> None:
         super().__init__(task_id, **kwargs)

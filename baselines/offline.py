@@ -63,6 +63,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from baselines.agent import AgentError, BaseAgent
+from carla_safe_envs.bev import downsample
+from carla_safe_envs.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,10 @@ class OfflineConfig:
             d3rlpy's default for images).  On 128 x 128 frames (Atari: 84 x 84) Nature DQN
             flattens 64 x 12 x 12 = 9,216 features, against 3,136 on Atari.
         encoder_feature_size: width of the encoder's last (linear) layer (Nature DQN: 512).
+        image_size: side [px] of the frames the networks see: 128 (the env's BEV) or a
+            divisor of it; smaller frames are area-averaged once when the dataset is loaded
+            and at every ``act`` (:func:`carla_safe_envs.bev.downsample`).  64 px keeps a
+            car ~9 x 4 px and costs a quarter of the memory and of the first convolution.
         device: ``auto`` (the first CUDA GPU when torch sees one, else the CPU), ``cpu`` or
             ``cuda[:N]``; also where a saved agent is loaded.
     """
@@ -125,6 +131,7 @@ class OfflineConfig:
     frame_stack: int = 4
     encoder_filters: tuple[tuple[int, int, int], ...] = NATURE_DQN_FILTERS
     encoder_feature_size: int = 512
+    image_size: int = OBS_SHAPE[0]
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -132,15 +139,20 @@ class OfflineConfig:
         object.__setattr__(self, "encoder_filters", filters)  # JSON lists -> tuples
         name = type(self).__name__
         positive = ("n_steps", "n_steps_per_epoch", "batch_size", "frame_stack")
-        for field in (*positive, "encoder_feature_size"):
+        for field in (*positive, "encoder_feature_size", "image_size"):
             if getattr(self, field) < 1:
                 raise AgentError(f"{name}.{field} must be >= 1, got {getattr(self, field)}")
+        if OBS_SHAPE[0] % self.image_size:
+            raise AgentError(
+                f"{name}.image_size must divide the {OBS_SHAPE[0]} px BEV (e.g. 128, 64, 32), "
+                f"got {self.image_size}"
+            )
         if self.n_steps % self.n_steps_per_epoch:
             raise AgentError(
                 f"{name}.n_steps ({self.n_steps}) must be a multiple of n_steps_per_epoch "
                 f"({self.n_steps_per_epoch})"
             )
-        size = OBS_SHAPE[0]
+        size = self.image_size
         for f in filters:
             if len(f) != 3 or min(f) < 1:
                 raise AgentError(
@@ -150,7 +162,7 @@ class OfflineConfig:
             size = (size - f[1]) // f[2] + 1
         if not filters or size < 1:
             raise AgentError(
-                f"{name}.encoder_filters {filters} do not fit a {OBS_SHAPE[0]} px image: give "
+                f"{name}.encoder_filters {filters} do not fit a {self.image_size} px image: give "
                 "one to a few convolutions whose kernels and strides leave at least 1 px"
             )
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
@@ -194,12 +206,20 @@ class BCConfig(OfflineConfig):
     Attributes:
         learning_rate: Adam's learning rate.
         beta: weight of the logit L2 penalty (d3rlpy's regularizer; keeps logits bounded).
+        acc_balance: rebalances the mini-batches over the three accelerations (brake, coast,
+            throttle): a transition is drawn with probability proportional to
+            ``n(its acceleration) ** -acc_balance`` (0: uniform, d3rlpy's sampling; 1: each
+            acceleration equally often).  A clean expert brakes in ~6% of its steps, and
+            those steps are the yielding decisions a cloned policy gets wrong (see the
+            README's learn-check section); imitation learning for driving rebalances such
+            rare decisions (e.g. Codevilla et al. 2018).
     """
 
     n_steps: int = 100_000
     batch_size: int = 100
     learning_rate: float = 1e-3
     beta: float = 0.5
+    acc_balance: float = 0.0
 
     def d3rlpy_config(self):
         d3rlpy = import_d3rlpy()
@@ -364,24 +384,54 @@ SMALL = {
 }
 
 
-def _presets(paper: OfflineConfig, *, small: Mapping[str, Any], debug: Mapping[str, Any]):
+#: ``cpu``: one CPU core, the model's best within ~30-45 minutes: 64 px frames (area-averaged
+#: once when the dataset is loaded: 246 MB for 20,000 steps instead of 983 MB) through the
+#: Nature DQN encoder (15 x 15 x 32 -> 6 x 6 x 64 -> 4 x 4 x 64, 7M multiply-adds per
+#: 4-frame sample); epochs of 10% of the budget (the learn-check's evaluation points).
+CPU = {
+    "image_size": 64,
+    "frame_stack": 4,
+    "encoder_filters": NATURE_DQN_FILTERS,
+    "encoder_feature_size": 512,
+}
+
+
+def _presets(
+    paper: OfflineConfig,
+    *,
+    small: Mapping[str, Any],
+    cpu: Mapping[str, Any],
+    debug: Mapping[str, Any],
+):
     return {
         "debug": dataclasses.replace(paper, **{**DEBUG, **debug}),
         "small": dataclasses.replace(paper, **{**SMALL, **small}),
+        "cpu": dataclasses.replace(paper, **{**CPU, **cpu}),
         "paper": paper,
     }
 
 
 # ------------------------------------------------------------------------------- agents
-def replay_buffer(data: Any, *, action_mode: str, frame_stack: int, task_id: str):
+def replay_buffer(
+    data: Any,
+    *,
+    action_mode: str,
+    frame_stack: int,
+    task_id: str,
+    image_size: int = OBS_SHAPE[0],
+    progress: bool = False,
+    acc_balance: float = 0.0,
+):
     """A d3rlpy ``ReplayBuffer`` over every step of ``data`` (an open
     :class:`~carla_safe_envs.datasets.OfflineDataset`) whose transitions stack the last
-    ``frame_stack`` frames; discrete actions become their continuous values when
-    ``action_mode`` is ``continuous`` (IQL on a discrete dataset)."""
+    ``frame_stack`` frames of ``image_size`` px; discrete actions become their continuous
+    values when ``action_mode`` is ``continuous`` (IQL on a discrete dataset)."""
     d3rlpy = import_d3rlpy()
     from d3rlpy.dataset import FrameStackTransitionPicker, InfiniteBuffer, ReplayBuffer
 
-    mdp, _ = data.to_d3rlpy()  # (N, 3, 128, 128) uint8, all in memory
+    if image_size != OBS_SHAPE[0]:
+        data.load_frames(image_size, progress=progress)
+    mdp, _ = data.to_d3rlpy()  # (N, 3, S, S) uint8, all in memory
     episodes = list(mdp.episodes)
     action_space = mdp.dataset_info.action_space
     action_size = mdp.dataset_info.action_size
@@ -395,7 +445,7 @@ def replay_buffer(data: Any, *, action_mode: str, frame_stack: int, task_id: str
         action_space, action_size = d3rlpy.ActionSpace.CONTINUOUS, 2
     elif data.action_mode != action_mode:
         raise AgentError(f"{data.path} has {data.action_mode} actions, not {action_mode} ones")
-    return ReplayBuffer(
+    buffer = ReplayBuffer(
         InfiniteBuffer(),
         episodes=episodes,
         transition_picker=FrameStackTransitionPicker(frame_stack) if frame_stack > 1 else None,
@@ -403,6 +453,39 @@ def replay_buffer(data: Any, *, action_mode: str, frame_stack: int, task_id: str
         action_size=action_size,
         cache_size=1,  # frames of an episode being written: none (default 10,000 = 470 MiB)
     )
+    if acc_balance:
+        if action_mode != "discrete":
+            raise AgentError("acc_balance needs discrete actions (their acceleration index)")
+        balance_sampling(buffer, acc_balance, n_steer=len(TASKS[task_id].steer_values))
+    return buffer
+
+
+def balance_sampling(buffer: Any, power: float, *, n_steer: int) -> np.ndarray:
+    """Make ``buffer`` (a d3rlpy ``ReplayBuffer`` of discrete actions) sample each transition
+    with probability proportional to ``n(acceleration) ** -power``, the acceleration being
+    ``action // n_steer``; returns the probabilities (in the buffer's transition order).
+
+    d3rlpy draws ``randint(transition_count)`` in ``sample_transition``; this replaces that
+    draw on this one buffer object (its picker, frame stacking included, is unchanged)."""
+    transitions = buffer._buffer  # d3rlpy's InfiniteBuffer: (episode, index) by position
+    count = transitions.transition_count
+    acc = np.empty(count, dtype=np.int64)
+    for i in range(count):
+        episode, index = transitions[i]
+        acc[i] = int(np.asarray(episode.actions[index]).reshape(-1)[0]) // n_steer
+    counts = np.bincount(acc)
+    weights = counts[acc].astype(np.float64) ** -power
+    probabilities = weights / weights.sum()
+    cdf = np.cumsum(probabilities)
+    picker = buffer._transition_picker
+
+    def sample_transition():  # numpy's global generator, like d3rlpy's own draw
+        position = min(int(np.searchsorted(cdf, np.random.random(), side="right")), count - 1)
+        episode, index = transitions[position]
+        return picker(episode, index)
+
+    buffer.sample_transition = sample_transition
+    return probabilities
 
 
 def dataset_statistics(data: Any) -> dict[str, float]:
@@ -438,6 +521,9 @@ class D3rlpyAgent(BaseAgent):
             action_mode=self.action_mode,
             frame_stack=config.frame_stack,
             task_id=self.task_id,
+            image_size=config.image_size,
+            progress=progress,
+            acc_balance=getattr(config, "acc_balance", 0.0),
         )
         summary: dict[str, Any] = dataset_statistics(dataset)
         if dataset.action_mode != self.action_mode:
@@ -451,7 +537,7 @@ class D3rlpyAgent(BaseAgent):
         n_epochs = config.n_steps // config.n_steps_per_epoch
         metrics: dict[str, float] = {}
         step_seconds = 0.0  # d3rlpy's own timing of sample + update, without build and logs
-        for _, metrics in algo.fitter(
+        for epoch, metrics in algo.fitter(
             buffer,
             n_steps=config.n_steps,
             n_steps_per_epoch=config.n_steps_per_epoch,
@@ -462,6 +548,8 @@ class D3rlpyAgent(BaseAgent):
             save_interval=n_epochs + 1,  # no checkpoints: save() writes the final model
         ):
             step_seconds += metrics["time_step"] * config.n_steps_per_epoch
+            self.algo = algo  # the hook evaluates the algorithm as it is now
+            self.report_progress(epoch * config.n_steps_per_epoch, config.n_steps, "updates")
         self.algo = algo
         losses = {k: float(v) for k, v in metrics.items() if not k.startswith("time_")}
         if not all(math.isfinite(v) for v in losses.values()):
@@ -484,7 +572,8 @@ class D3rlpyAgent(BaseAgent):
     ) -> tuple[np.ndarray, Any]:
         """Actions for a batch of env observations ``(B, 128, 128, 3)`` uint8: discrete
         ``(B,)`` int64 indices or continuous ``(B, 2)`` float32 in [-1, 1].  ``state`` is the
-        frame stack ``(B, 3 * frame_stack, 128, 128)`` uint8 (None with one frame)."""
+        frame stack ``(B, 3 * frame_stack, S, S)`` uint8, S = ``config.image_size`` (None
+        with one frame)."""
         if self.algo is None:
             raise AgentError(f"{self.name} has no model yet: fit it or load a saved one")
         obs = np.asarray(obs)
@@ -493,6 +582,7 @@ class D3rlpyAgent(BaseAgent):
                 f"observations must be a (B, {', '.join(map(str, OBS_SHAPE))}) uint8 batch of "
                 f"BEV frames, got {obs.shape} {obs.dtype}"
             )
+        obs = downsample(obs, self.config.image_size)
         x, state = stack_frames(obs.transpose(0, 3, 1, 2), state, episode_start, self.config)
         actions = self.algo.predict(x) if deterministic else self.algo.sample_action(x)
         if self.action_mode == "discrete":
@@ -543,6 +633,7 @@ class BCAgent(D3rlpyAgent):
     presets = _presets(
         BCConfig(),
         small={"n_steps": 20_000, "batch_size": 32},
+        cpu={"n_steps": 10_000, "n_steps_per_epoch": 1_000, "batch_size": 64},
         debug={},
     )
 
@@ -552,6 +643,7 @@ class CQLAgent(D3rlpyAgent):
     presets = _presets(
         CQLConfig(),
         small={"n_steps": 10_000, "target_update_interval": 1_000},
+        cpu={"n_steps": 10_000, "n_steps_per_epoch": 1_000, "target_update_interval": 1_000},
         debug={"n_quantiles": 4, "target_update_interval": 10},
     )
 
@@ -561,5 +653,6 @@ class IQLAgent(D3rlpyAgent):
     presets = _presets(
         IQLConfig(),
         small={"n_steps": 5_000, "batch_size": 64},
+        cpu={"n_steps": 5_000, "n_steps_per_epoch": 500, "batch_size": 64},
         debug={},
     )

@@ -41,6 +41,7 @@ from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from baselines.agent import AgentError, BaseAgent
+from carla_safe_envs.bev import downsample
 from carla_safe_envs.progress import Progress, progress_bar
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,10 @@ class SB3Config:
         batch_size: transitions per gradient step (PPO: per minibatch).
         features_dim: width of the Nature-CNN's output layer (its three conv layers are
             fixed: 32x8x8/4, 64x4x4/2, 64x3x3/1, giving 12 x 12 x 64 maps on a 128 px BEV).
+        image_size: side [px] of the observation the policy sees: 128 (the env's BEV) or a
+            divisor; smaller frames are area-averaged by
+            :class:`carla_safe_envs.wrappers.DownsampleObservation` in the training envs and
+            by the same function in ``act`` (64 px: 4 x 4 x 64 CNN maps, ~4x cheaper).
         device: torch device, ``"auto"`` = CUDA when available, else the CPU.
     """
 
@@ -82,16 +87,22 @@ class SB3Config:
     gamma: float = 0.99
     batch_size: int = 256
     features_dim: int = 512
+    image_size: int = 128
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        positive = ("total_timesteps", "n_envs", "batch_size", "features_dim")
+        positive = ("total_timesteps", "n_envs", "batch_size", "features_dim", "image_size")
         for name in positive:
             if getattr(self, name) < 1:
                 raise AgentError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.vec_env not in _VEC_ENV_CLASSES:
             raise AgentError(
                 f"vec_env must be one of {', '.join(_VEC_ENV_CLASSES)}, got {self.vec_env!r}"
+            )
+        if 128 % self.image_size or self.image_size < 36:
+            raise AgentError(
+                f"image_size must divide the 128 px BEV and be at least 36 px (the Nature CNN's "
+                f"smallest input), e.g. 128 or 64; got {self.image_size}"
             )
         if not 0.0 < self.gamma <= 1.0:
             raise AgentError(f"gamma must be in (0, 1], got {self.gamma}")
@@ -206,7 +217,8 @@ class ReplayConfig(SB3Config):
     @property
     def replay_bytes(self) -> int:
         """Approximate RAM of the buffer's observations [bytes]."""
-        return self.buffer_size * FRAME_BYTES * (1 if self.optimize_memory_usage else 2)
+        frame = FRAME_BYTES * (self.image_size / 128) ** 2
+        return int(self.buffer_size * frame * (1 if self.optimize_memory_usage else 2))
 
     def algorithm_kwargs(self) -> dict[str, Any]:
         kwargs = super().algorithm_kwargs()
@@ -319,6 +331,9 @@ PPO_PRESETS = _presets(
     # The zoo's settings for 2e5 steps. Measured on the 2-vCPU machine: 75 steps/s with both
     # cores free (45 min), 30-38 steps/s while shared (load ~3.3; ~1.5-2 h).
     small={"total_timesteps": 200_000},
+    # One CPU core, well under an hour: the zoo's settings on 64 px frames (the CNN costs a
+    # quarter), 150,000 steps.
+    cpu={"total_timesteps": 150_000, "image_size": 64},
 )
 DQN_PRESETS = _presets(
     DQNConfig(),
@@ -339,6 +354,18 @@ DQN_PRESETS = _presets(
         "learning_starts": 10_000,
         "train_freq": 8,
         "target_update_interval": 5_000,
+    },
+    # One CPU core, well under an hour: 64 px frames, 100,000 steps with an update every 4
+    # (the zoo's rate), target sync every 2,000, exploration over the first 20%.  A 1.2 GB
+    # replay of 64 px frames.
+    cpu={
+        "total_timesteps": 100_000,
+        "buffer_size": 100_000,
+        "learning_starts": 5_000,
+        "train_freq": 4,
+        "target_update_interval": 2_000,
+        "exploration_fraction": 0.2,
+        "image_size": 64,
     },
 )
 SAC_PRESETS = _presets(
@@ -363,6 +390,17 @@ SAC_PRESETS = _presets(
         "batch_size": 32,
         "train_freq": 8,
         "gradient_steps": 1,
+    },
+    # One CPU core, well under an hour: 64 px frames, 40,000 steps, one batch-64 update
+    # every 4 steps.  A 0.5 GB replay of 64 px frames.
+    cpu={
+        "total_timesteps": 40_000,
+        "buffer_size": 40_000,
+        "learning_starts": 2_000,
+        "batch_size": 64,
+        "train_freq": 4,
+        "gradient_steps": 1,
+        "image_size": 64,
     },
 )
 
@@ -446,14 +484,30 @@ class ProgressCallback(BaseCallback):
         return True
 
 
-# ---------------------------------------------------------------------------- the agent
-def _make_env(task_id: str, env_kwargs: Mapping[str, Any]) -> gym.Env:
-    """The agent's environment, as :meth:`BaseAgent.make_env` makes it, from a picklable
-    factory: ``SubprocVecEnv`` pickles the factory into each worker, and pickling the agent
-    itself would ship its model and replay buffer."""
-    import carla_safe_envs  # noqa: F401 (registers the ids in a fresh worker)
+class HookCallback(BaseCallback):
+    """Hands the agent's ``fit`` hook the env steps taken (``BaseAgent.report_progress``)."""
 
-    return gym.make(task_id, **env_kwargs)
+    def __init__(self, agent: BaseAgent, start: int) -> None:
+        super().__init__()
+        self.agent, self.start = agent, start
+
+    def _on_step(self) -> bool:
+        total = self.agent.config.total_timesteps
+        self.agent.report_progress(self.num_timesteps - self.start, total, "env_steps")
+        return True
+
+
+# ---------------------------------------------------------------------------- the agent
+def _make_env(task_id: str, env_kwargs: Mapping[str, Any], image_size: int = 128) -> gym.Env:
+    """The agent's environment, as :meth:`BaseAgent.make_env` makes it (its observation
+    area-averaged to ``image_size`` px), from a picklable factory: ``SubprocVecEnv`` pickles
+    the factory into each worker, and pickling the agent itself would ship its model and
+    replay buffer."""
+    import carla_safe_envs  # noqa: F401 (registers the ids in a fresh worker)
+    from carla_safe_envs.wrappers import DownsampleObservation
+
+    env = gym.make(task_id, **env_kwargs)
+    return env if image_size == 128 else DownsampleObservation(env, image_size)
 
 
 class SB3Agent(BaseAgent):
@@ -477,7 +531,9 @@ class SB3Agent(BaseAgent):
     def make_vec_env(self) -> VecEnv:
         """The training environments: ``n_envs`` copies with ``Monitor``, seeded from the
         agent's seed."""
-        factory = functools.partial(_make_env, self.task_id, dict(self.env_kwargs))
+        factory = functools.partial(
+            _make_env, self.task_id, dict(self.env_kwargs), self.config.image_size
+        )
         return make_vec_env(
             factory,
             n_envs=self.config.n_envs,
@@ -507,7 +563,7 @@ class SB3Agent(BaseAgent):
             self.model.set_logger(logger)
             start = self.model.num_timesteps
             with progress_bar(cfg.total_timesteps, f"train {self.name}", progress) as bar:
-                callbacks: list[BaseCallback] = [episodes]
+                callbacks: list[BaseCallback] = [episodes, HookCallback(self, start)]
                 if bar is not None:
                     callbacks.append(ProgressCallback(bar))
                 self.model.learn(
@@ -532,16 +588,18 @@ class SB3Agent(BaseAgent):
         deterministic: bool = True,
     ) -> tuple[np.ndarray, Any]:
         """Actions for a batch of BEV frames ``(B, 128, 128, 3)`` uint8: ``(B,)`` ints in
-        discrete mode, ``(B, 2)`` floats in ``[-1, 1]`` in continuous mode."""
+        discrete mode, ``(B, 2)`` floats in ``[-1, 1]`` in continuous mode.  Frames are
+        area-averaged to the policy's ``image_size`` first, as in training."""
         model = self._trained_model()
         obs = np.asarray(obs)
         c, h, w = model.observation_space.shape  # SB3 stores the transposed image space
-        if obs.ndim != 4 or obs.shape[1:] != (h, w, c) or obs.dtype != np.uint8:
+        if obs.ndim != 4 or obs.shape[1:] != (128, 128, c) or obs.dtype != np.uint8:
             raise ValueError(
-                f"{self.name}.act expects a batch of BEV frames of shape (B, {h}, {w}, {c}) "
+                f"{self.name}.act expects a batch of BEV frames of shape (B, 128, 128, {c}) "
                 f"and dtype uint8, got shape {obs.shape} and dtype {obs.dtype} "
                 "(one frame: pass obs[None])"
             )
+        obs = downsample(obs, h)
         actions, state = model.predict(
             obs, state=state, episode_start=episode_start, deterministic=deterministic
         )

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from benchmarks import collect, generalize, speed, wm_check, wm_speed
 from benchmarks.label import LABEL_COMMAND, LABEL_REPORT_COMMAND
+from benchmarks.learn_check import LEARN_CHECK_COMMAND
 from benchmarks.run import RUN_COMMAND
 from benchmarks.table import TABLE_COMMAND
 from benchmarks.train import EVALUATE_COMMAND, TRAIN_COMMAND
@@ -41,6 +42,7 @@ COMMANDS: dict[str, Command] = {
     "wm-check": Command(wm_check.HELP, wm_check.add_arguments, wm_check.run),
     "wm-speed": Command(wm_speed.HELP, wm_speed.add_arguments, wm_speed.run),
     "generalize": Command(generalize.HELP, generalize.add_arguments, generalize.run),
+    "learn-check": Command(*LEARN_CHECK_COMMAND),
 }
 
 PROG = "python -m benchmarks"

@@ -3,7 +3,10 @@
 For each preset of :data:`vlsafe.world_model.WM_PRESETS` this builds the world model and its
 trainer on ``--device``, makes one synthetic batch of the preset's ``batch_size`` x
 ``seq_len`` windows (random frames, discrete actions, rewards, costs, labels; the cost of a
-WorldModelTrainer update does not depend on the pixel values), runs ``--warmup`` untimed
+WorldModelTrainer update does not depend on the pixel values) with its frames already at the
+preset's ``image_size``, as the agents feed them (``carla_safe_envs.bev.downsample`` once per
+dataset; ``--full-frames`` feeds 128 px frames that the encoder averages down itself, the
+cost before 2026-12-02), runs ``--warmup`` untimed
 updates and then times updates until ``--updates`` are done or ``--max-seconds`` have passed
 (at least one is always timed).  Batch creation and the transfer to the device are not timed:
 this measures the gradient step alone, the world-model part of an agent's training loop.
@@ -22,7 +25,7 @@ import time
 from typing import Any
 
 HELP = "world-model training updates per second for each preset (synthetic batches)"
-DEFAULT_PRESETS = ("debug", "small")
+DEFAULT_PRESETS = ("debug", "cpu", "small")
 
 
 def synthetic_sequences(batch_size: int, length: int, seed: int = 0):
@@ -54,16 +57,21 @@ def measure(
     updates: int = 20,
     warmup: int = 2,
     max_seconds: float = 120.0,
+    full_frames: bool = False,
 ) -> dict[str, Any]:
     """Timing of ``preset``: updates/s, s/update, frames/s and the model's size."""
     import torch
 
+    from carla_safe_envs.bev import downsample
     from vlsafe.world_model import WM_PRESETS, WorldModel, WorldModelTrainer, make_batch
 
     config = WM_PRESETS[preset]
     model = WorldModel(config, 15).to(device)
     trainer = WorldModelTrainer(model)
-    batch = make_batch(synthetic_sequences(config.batch_size, config.seq_len), "discrete", device)
+    seqs = synthetic_sequences(config.batch_size, config.seq_len)
+    if not full_frames:
+        seqs = seqs._replace(observations=downsample(seqs.observations, config.image_size))
+    batch = make_batch(seqs, "discrete", device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(warmup):
         trainer.update(batch)
@@ -87,6 +95,7 @@ def measure(
         "batch_size": config.batch_size,
         "seq_len": config.seq_len,
         "image_size": config.image_size,
+        "frames_px": int(batch.obs.shape[2]),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 
@@ -96,8 +105,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         nargs="+",
         default=list(DEFAULT_PRESETS),
-        choices=["debug", "small", "paper"],
-        help="presets to time (default: debug small; paper takes seconds per update on a CPU)",
+        choices=["debug", "cpu", "small", "paper"],
+        help="presets to time (default: debug cpu small; paper takes a minute per update on a CPU)",
+    )
+    parser.add_argument(
+        "--full-frames",
+        action="store_true",
+        help="feed 128 px frames (the encoder area-averages them) instead of frames at the "
+        "preset's image_size",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--updates", type=int, default=20, help="timed updates (default 20)")
@@ -135,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
                 updates=args.updates,
                 warmup=args.warmup,
                 max_seconds=args.max_seconds,
+                full_frames=args.full_frames,
             )
             bar.update(1)
     report = {
@@ -149,5 +165,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"world-model updates per second on {args.device} ({report['threads']} threads)")
         columns = ["updates_per_s", "s_per_update", "cpu_s_per_update", "frames_per_s"]
         columns += ["batch_size", "seq_len"]
-        print(format_table(results, columns=columns + ["image_size", "parameters"], label="preset"))
+        columns += ["image_size", "frames_px", "parameters"]
+        print(format_table(results, columns=columns, label="preset"))
+        if "small" in results:
+            base = results["small"]["cpu_s_per_update"]
+            for name, row in results.items():
+                print(f"{name}: {base / row['cpu_s_per_update']:.1f}x small's speed (CPU time)")
     return 0

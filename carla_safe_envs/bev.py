@@ -457,6 +457,34 @@ class BevRenderer:
             cv2.polylines(out, curves, False, ROUTE_COLOR, self._route_px, cv2.LINE_8, _SHIFT)
 
 
+def downsample(frames: np.ndarray, size: int) -> np.ndarray:
+    """Area-average BEV frames ``(..., S, S, 3)`` uint8 to ``(..., size, size, 3)`` uint8.
+
+    ``S / size`` must be a whole number ``k``: each output pixel is the rounded mean of a
+    ``k x k`` block (exact integer arithmetic, so the same frame always gives the same
+    pixels, in training data and at acting time alike).  ``size == S`` returns the input.
+    The agents' low-resolution presets (64 px) see the frames through this one function.
+    """
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim < 3 or frames.shape[-1] != 3:
+        raise ValueError(f"expected (..., S, S, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    side = frames.shape[-2]
+    if frames.shape[-3] != side or size < 1 or side % size:
+        raise ValueError(
+            f"cannot area-downsample {frames.shape[-3]} x {side} frames to {size} px: the size "
+            "must divide the (square) frame side"
+        )
+    if size == side:
+        return frames
+    k = side // size
+    if k > 16:
+        raise ValueError(f"downsampling by {k} > 16 would overflow the uint16 block sums")
+    rows = sum(frames[..., i::k, :, :].astype(np.uint16) for i in range(k))  # strided slices:
+    total = sum(rows[..., j::k, :] for j in range(k))  # ~10x faster than reshape + sum
+    total += (k * k) // 2  # round half up
+    return (total // (k * k)).astype(np.uint8)
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 

@@ -48,6 +48,7 @@ CHUNK_FRAMES = 16  # frames per HDF5 chunk of `observations` (random reads decom
 COMPRESSION = "gzip"  # level 4: 1.3 MB / 1000 frames at ~2300 frames/s (lzf 2.7 MB, gzip-1 1.7 MB)
 COMPRESSION_OPTS = 4
 CHUNK_CACHE_BYTES = 64 * 2**20  # h5py chunk cache per open file [B]
+OBS_SIZE = 128  # stored BEV frames are (OBS_SIZE, OBS_SIZE, 3) uint8
 INFO_KEYS = (
     "speed",  # [m/s]
     "collision",
@@ -371,6 +372,7 @@ class OfflineDataset:
         self.path = Path(path)
         self._file = _open_checked(self.path, "r")
         self._cache: dict[str, np.ndarray] = {}
+        self._frames: np.ndarray | None = None  # every frame in memory, after load_frames()
 
     def __enter__(self) -> OfflineDataset:
         return self
@@ -472,11 +474,41 @@ class OfflineDataset:
         return result
 
     # --- frames
+    @property
+    def frame_size(self) -> int:
+        """Side [px] of the frames this reader returns: 128 as stored, or the size given to
+        :meth:`load_frames`."""
+        return OBS_SIZE if self._frames is None else int(self._frames.shape[1])
+
+    def load_frames(self, size: int = OBS_SIZE, *, progress: bool = False) -> OfflineDataset:
+        """Read every frame into memory once, area-downsampled to ``size`` px
+        (:func:`carla_safe_envs.bev.downsample`); from then on :meth:`frames`,
+        :meth:`iter_frames` and the samplers serve them from memory at that size, with no
+        HDF5 read or decompression per batch.  Memory: ``n_steps x size^2 x 3`` bytes
+        (20,000 steps at 64 px = 246 MB; at 128 px = 983 MB).  Returns ``self``."""
+        from carla_safe_envs.bev import downsample
+
+        if self._frames is not None and self.frame_size == size:
+            return self
+        frames = np.empty((self.n_steps, size, size, 3), dtype=np.uint8)
+        observations = self._file["observations"]
+        with progress_bar(self.n_steps, f"load frames ({size} px)", progress) as bar:
+            for start in range(0, self.n_steps, 1024):
+                chunk = observations[start : start + 1024]
+                frames[start : start + len(chunk)] = downsample(chunk, size)
+                if bar is not None:
+                    bar.update(len(chunk))
+        self._frames = frames
+        return self
+
     def frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """(len(indices), 128, 128, 3) uint8 frames in the given order (repeats allowed)."""
+        """(len(indices), S, S, 3) uint8 frames in the given order (repeats allowed); S is
+        :attr:`frame_size` (128 unless :meth:`load_frames` chose another)."""
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size and (indices.min() < 0 or indices.max() >= self.n_steps):
             raise IndexError(f"frame indices must be in [0, {self.n_steps}), got {indices}")
+        if self._frames is not None:
+            return self._frames[indices]
         unique, inverse = np.unique(indices, return_inverse=True)
         observations = self._file["observations"]
         # one read per frame: ~100x faster than h5py's fancy (point-selection) indexing
@@ -487,7 +519,7 @@ class OfflineDataset:
 
     def iter_frames(self, batch_size: int = 256) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (start, frames[start : start + batch_size]) over the whole file."""
-        observations = self._file["observations"]
+        observations = self._file["observations"] if self._frames is None else self._frames
         for start in range(0, self.n_steps, batch_size):
             yield start, observations[start : start + batch_size]
 
@@ -512,7 +544,14 @@ class OfflineDataset:
         )
 
     def sequence_starts(self, length: int) -> np.ndarray:
-        """Every row that starts ``length`` steps inside one episode."""
+        """Every row that starts ``length`` steps inside one episode (computed once per
+        length)."""
+        key = f"_starts/{length}"
+        if key not in self._cache:
+            self._cache[key] = self._sequence_starts(length)
+        return self._cache[key]
+
+    def _sequence_starts(self, length: int) -> np.ndarray:
         bounds = self.episode_bounds()
         starts = [np.arange(a, b - length + 1) for a, b in bounds if b - a >= length]
         if not starts:
@@ -527,8 +566,11 @@ class OfflineDataset:
         """B windows of ``length`` steps, uniform over all windows inside one episode."""
         starts = rng.choice(self.sequence_starts(length), size=batch_size)
         rows = starts[:, None] + np.arange(length)  # (B, T)
-        observations = self._file["observations"]
-        frames = np.stack([observations[s : s + length] for s in starts])  # (B, T, H, W, C)
+        if self._frames is not None:
+            frames = self._frames[rows]  # (B, T, S, S, C)
+        else:
+            observations = self._file["observations"]
+            frames = np.stack([observations[s : s + length] for s in starts])  # (B, T, H, W, C)
         ids = self.episode_ids
         is_first = np.r_[True, ids[1:] != ids[:-1]][rows]
         safety = self.safety
@@ -547,9 +589,10 @@ class OfflineDataset:
     def to_d3rlpy(self):
         """``(d3rlpy.dataset.MDPDataset, costs)``: the whole dataset for d3rlpy's algorithms.
 
-        Observations are channel-first ``(N, 3, 128, 128)`` uint8 (d3rlpy's image encoders
-        expect that; scale them with ``PixelObservationScaler``).  Memory: this loads every
-        frame, 48 KiB each (100k steps = 4.9 GB, plus d3rlpy's own copies of slices); use
+        Observations are channel-first ``(N, 3, S, S)`` uint8 (d3rlpy's image encoders
+        expect that; scale them with ``PixelObservationScaler``), S = :attr:`frame_size`
+        (128, or the size :meth:`load_frames` chose).  Memory: this loads every
+        frame, 48 KiB each at 128 px (100k steps = 4.9 GB, plus d3rlpy's own copies of slices); use
         :meth:`sample_transitions` for data that does not fit.  ``costs`` (N,) float32 lies
         beside it in the same row order (d3rlpy has no cost field).
         """
@@ -560,7 +603,8 @@ class OfflineDataset:
             raise ImportError(
                 "to_d3rlpy needs d3rlpy: `pip install d3rlpy==2.8.1` (or '.[rl]')"
             ) from error
-        observations = np.ascontiguousarray(self._file["observations"][()].transpose(0, 3, 1, 2))
+        frames = self._file["observations"][()] if self._frames is None else self._frames
+        observations = np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
         discrete = self.action_mode == "discrete"
         dataset = MDPDataset(
             observations=observations,

@@ -48,6 +48,32 @@ class Step(dict):
 OnStep = Callable[[Step], None]
 
 
+class RandomPolicy:
+    """Uniformly random actions of ``space``, seeded once (the online agents' prefill and
+    the learn-check's reference policy)."""
+
+    def __init__(self, space: gym.Space, seed: int):
+        self.space = space
+        self.space.seed(seed)
+
+    def act(self, obs, state=None, episode_start=None, deterministic=True):
+        return np.stack([self.space.sample() for _ in range(len(obs))]), None
+
+
+class StandStillPolicy:
+    """Full brake, wheel straight, every step: the car never moves from its start (the
+    learn-check's floor; discrete ``action`` 2 = (-2 m/s^2, steer 0), continuous (-1, 0))."""
+
+    def __init__(self, space: gym.Space):
+        if isinstance(space, gym.spaces.Discrete):
+            self.action: np.ndarray = np.asarray(2)  # acc index 0 (brake) x steer index 2 (0)
+        else:
+            self.action = np.array([-1.0, 0.0], dtype=np.float32)
+
+    def act(self, obs, state=None, episode_start=None, deterministic=True):
+        return np.stack([self.action] * len(obs)), None
+
+
 def run_episode(
     env: gym.Env,
     policy: Policy,

@@ -19,6 +19,7 @@ import pytest
 
 from baselines.agent import (
     AGENTS,
+    PRESET_NAMES,
     TABLE_MODELS,
     AgentError,
     BaseAgent,
@@ -88,7 +89,7 @@ def test_registry_holds_the_table_models_and_the_expert() -> None:
 def test_presets_and_names(name: str) -> None:
     cls = agent_class(name)
     assert cls.name == name
-    assert set(cls.presets) == {"debug", "small", "paper"}
+    assert tuple(cls.presets) == PRESET_NAMES == ("debug", "small", "cpu", "paper")
     for preset in cls.presets.values():
         assert dataclasses.is_dataclass(preset)
         with pytest.raises(dataclasses.FrozenInstanceError):
@@ -100,10 +101,28 @@ def test_fit_act_save_load_evaluate(name: str, tmp_path: Path, offline_dataset) 
     agent_class(name)
     spec = get_spec(name)
     agent = make_agent(name, TASK, preset="debug", seed=0)
+    calls: list[tuple[int, int, str]] = []
+    obs = observations(BATCH)
+
+    def hook(done: int, total: int, unit: str) -> None:  # the agent can act mid-training
+        calls.append((done, total, unit))
+        check_actions(agent.act(obs, None, None, deterministic=True)[0], spec.action_mode, BATCH)
+
     summary = agent.fit(
-        dataset_for(name, offline_dataset), log_dir=tmp_path / "logs", progress=False
+        dataset_for(name, offline_dataset),
+        log_dir=tmp_path / "logs",
+        progress=False,
+        hook=hook,
+        hook_points=2,
     )
     assert summary["seconds"] >= 0
+    if spec.training == "none":
+        assert calls == []
+    else:  # once at half the budget (or the first report past it), once at its end
+        assert len(calls) == 2, calls
+        (half, total, unit), (end, total_again, _) = calls
+        assert total == total_again and total // 2 <= half < total <= end
+        assert unit == ("env_steps" if spec.training == "online" else "updates")
     agent.save(tmp_path / "model")
     meta = read_metadata(tmp_path / "model")
     assert (meta["model"], meta["task"], meta["preset"]) == (name, TASK, "debug")
@@ -112,7 +131,6 @@ def test_fit_act_save_load_evaluate(name: str, tmp_path: Path, offline_dataset) 
     assert type(loaded) is type(agent) and loaded.config == agent.config
 
     if name != "expert":  # the expert reads the simulator, not observations
-        obs = observations(BATCH)
         start = np.ones(BATCH, dtype=bool)
         actions, _ = agent.act(obs, None, start, deterministic=True)
         check_actions(actions, spec.action_mode, BATCH)
@@ -198,3 +216,24 @@ def test_train_and_evaluate_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "not a saved agent" in capsys.readouterr().err
     assert main([*argv[:-1], str(tmp_path / "x"), "--config", "bogus=1"]) == 2
     assert "unknown config field" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["ppo", "sac", "bc", "iql"])
+def test_low_resolution_models_act_on_full_frames(
+    name: str, tmp_path: Path, offline_dataset
+) -> None:
+    """The ``cpu`` presets' 64 px frames: trained on area-averaged frames, acting on the env's
+    128 px ones (averaged the same way inside ``act``), identical after a round trip."""
+    agent_class(name)
+    spec = get_spec(name)
+    agent = make_agent(name, TASK, preset="debug", seed=0, config={"image_size": 64})
+    data = offline_dataset(TASK) if spec.training == "offline" else None
+    agent.fit(data, progress=False)
+    obs = observations(BATCH)
+    actions, _ = agent.act(obs, None, np.ones(BATCH, dtype=bool))
+    check_actions(actions, spec.action_mode, BATCH)
+    agent.save(tmp_path / "model")
+    again, _ = load_agent(tmp_path / "model").act(obs, None, np.ones(BATCH, dtype=bool))
+    np.testing.assert_array_equal(actions, again)
+    with pytest.raises(ValueError, match="128, 128"):
+        agent.act(obs[:, ::2, ::2], None, None)

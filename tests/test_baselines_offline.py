@@ -252,7 +252,8 @@ def test_presets_build_their_d3rlpy_algorithm(cls: type[D3rlpyAgent]) -> None:
     for name, config in cls.presets.items():
         algo = dataclasses.replace(config, device="cpu").d3rlpy_config().create(device="cpu:0")
         action_size = 15 if cls.name != "iql" else 2
-        algo.create_impl((3 * config.frame_stack, 128, 128), action_size)
+        size = config.image_size
+        algo.create_impl((3 * config.frame_stack, size, size), action_size)
         params[name] = sum(
             p.numel()
             for m in algo.impl.modules.get_torch_modules().values()
@@ -260,7 +261,9 @@ def test_presets_build_their_d3rlpy_algorithm(cls: type[D3rlpyAgent]) -> None:
         )
         assert config.n_steps % config.n_steps_per_epoch == 0
     assert params["debug"] < params["small"] < params["paper"]
+    assert params["debug"] < params["cpu"] < params["paper"]
     assert params["debug"] < 100_000  # tiny: a debug fit takes seconds
+    assert cls.presets["cpu"].image_size == 64 and cls.presets["paper"].image_size == 128
 
 
 def test_config_validation_and_json_round_trip() -> None:
@@ -268,6 +271,12 @@ def test_config_validation_and_json_round_trip() -> None:
         make_agent("bc", TASK, preset="debug", config={"n_steps": 15})
     with pytest.raises(AgentError, match="do not fit a 128 px image"):
         make_agent("bc", TASK, preset="debug", config={"encoder_filters": [[8, 64, 64]] * 2})
+    with pytest.raises(AgentError, match="do not fit a 32 px image"):
+        make_agent(
+            "bc", TASK, preset="debug", config={"image_size": 32, "encoder_filters": [[8, 40, 1]]}
+        )
+    with pytest.raises(AgentError, match="image_size must divide"):
+        make_agent("bc", TASK, preset="debug", config={"image_size": 48})
     with pytest.raises(AgentError, match="frame_stack must be >= 1"):
         make_agent("cql", TASK, preset="debug", config={"frame_stack": 0})
     with pytest.raises(AgentError, match="device must be auto, cpu or cuda"):

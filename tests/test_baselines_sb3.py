@@ -88,13 +88,15 @@ def test_presets_are_typed_distinct_and_ordered(cls: type) -> None:
     presets = cls.presets
     assert tuple(sorted(presets)) == tuple(sorted(PRESET_NAMES))
     assert all(type(p) is AGENT_CLASSES[cls] for p in presets.values())
-    assert len({dataclasses.astuple(p) for p in presets.values()}) == 3
+    assert len({dataclasses.astuple(p) for p in presets.values()}) == len(PRESET_NAMES)
     debug, small, paper = (presets[n].total_timesteps for n in ("debug", "small", "paper"))
     assert debug <= 1_000 < small < paper
+    assert debug < presets["cpu"].total_timesteps < paper and presets["cpu"].image_size == 64
     if isinstance(presets["paper"], ReplayConfig):
-        # a debug buffer fits in memory anywhere; small stays under 3 GB on a CPU machine
+        # a debug buffer fits in memory anywhere; small and cpu stay under 3 GB on a CPU
         assert presets["debug"].replay_bytes < 50e6
         assert presets["small"].replay_bytes < 3e9
+        assert presets["cpu"].replay_bytes < 1.5e9
         assert presets["debug"].learning_starts < presets["debug"].total_timesteps
 
 

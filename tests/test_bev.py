@@ -18,6 +18,7 @@ from carla_safe_envs.bev import (
     ROUTE_COLOR,
     VEHICLE_COLOR,
     BevRenderer,
+    downsample,
     level_band,
 )
 from carla_safe_envs.maps import RoadMap, load_town
@@ -345,3 +346,29 @@ def test_invalid_inputs_are_rejected(bev: BevRenderer) -> None:
 
 def test_level_band() -> None:
     assert [level_band(z) for z in (-0.9, 0.0, 1.9, 2.1, 6.0, 11.0)] == [0, 0, 0, 1, 2, 3]
+
+
+def test_downsample_is_the_rounded_block_mean() -> None:
+    frame = np.zeros((4, 4, 3), np.uint8)
+    frame[:2, :2] = [[[0, 10, 255]] * 2, [[1, 11, 255]] * 2]  # block mean (0.5, 10.5, 255)
+    frame[2:, 2:, 0] = [[3, 4], [4, 4]]  # block mean 3.75
+    small = downsample(frame, 2)
+    assert small.shape == (2, 2, 3) and small.dtype == np.uint8
+    np.testing.assert_array_equal(small[0, 0], [1, 11, 255])  # halves round up
+    assert small[1, 1, 0] == 4 and small[0, 1].tolist() == [0, 0, 0]
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (5, 2, 128, 128, 3), dtype=np.uint8)  # leading axes kept
+    for size, k in ((64, 2), (32, 4)):
+        mean = frames.reshape(5, 2, size, k, size, k, 3).astype(float).mean((3, 5))
+        np.testing.assert_array_equal(downsample(frames, size), np.floor(mean + 0.5))
+    assert downsample(frames, 128) is frames
+
+
+def test_downsample_rejects_what_it_cannot_average() -> None:
+    frames = np.zeros((2, 128, 128, 3), np.uint8)
+    with pytest.raises(ValueError, match="must divide"):
+        downsample(frames, 48)
+    with pytest.raises(ValueError, match="uint8"):
+        downsample(frames.astype(np.float32), 64)
+    with pytest.raises(ValueError, match="must divide"):
+        downsample(np.zeros((128, 64, 3), np.uint8), 32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -139,6 +140,29 @@ def test_frames_in_requested_order(data: OfflineDataset) -> None:
     assert starts == [0, 128, 256]
     with pytest.raises(IndexError):
         data.frames([STEPS])
+
+
+def test_frames_loaded_at_a_lower_resolution_serve_every_reader(data: OfflineDataset) -> None:
+    from carla_safe_envs.bev import downsample
+
+    full = data.frames(np.arange(data.n_steps))
+    window = data.sample_sequences(3, 8, np.random.default_rng(2))
+    assert data.frame_size == 128
+    assert data.load_frames(64) is data and data.frame_size == 64
+    np.testing.assert_array_equal(data.frames([7, 3]), downsample(full[[7, 3]], 64))
+    small = data.sample_sequences(3, 8, np.random.default_rng(2))  # the same windows
+    np.testing.assert_array_equal(small.observations, downsample(window.observations, 64))
+    np.testing.assert_array_equal(small.rewards, window.rewards)
+    assert data.sample_transitions(4, np.random.default_rng(0)).observations.shape == (
+        4,
+        64,
+        64,
+        3,
+    )
+    assert next(data.iter_frames(16))[1].shape == (16, 64, 64, 3)
+    if importlib.util.find_spec("d3rlpy") is not None:
+        mdp, _ = data.to_d3rlpy()
+        assert mdp.episodes[0].observations.shape[1:] == (3, 64, 64)
 
 
 def test_transitions_next_observation_is_next_step_of_same_episode(data: OfflineDataset) -> None:

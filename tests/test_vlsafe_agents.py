@@ -322,7 +322,7 @@ def test_replay_windows_wrap_around_and_mark_episode_starts() -> None:
 
 
 def test_configs_compose_world_model_presets_and_nested_overrides() -> None:
-    for preset in ("debug", "small", "paper"):
+    for preset in ("debug", "small", "cpu", "paper"):
         config = make_agent("vlsafe", TASK, preset=preset, config={"device": "cpu"}).config
         assert dataclasses.replace(config.world_model, horizon=15) == dataclasses.replace(
             WM_PRESETS[preset], horizon=15

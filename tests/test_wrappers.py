@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from carla_safe_envs.metrics import MissingInfoKeyError
-from carla_safe_envs.wrappers import SafetyGymnasiumWrapper
+from carla_safe_envs.wrappers import DownsampleObservation, SafetyGymnasiumWrapper
 
 
 class CountingEnv(gym.Env[np.ndarray, int]):
@@ -68,3 +68,24 @@ def test_missing_cost_is_an_error() -> None:
         env.step(0)
     assert "SafetyGymnasiumWrapper.step" in str(error.value)
     assert "other" in str(error.value)  # lists the keys that were there
+
+
+def test_downsample_observation_wraps_a_task_env() -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    import carla_safe_envs  # noqa: F401 (registers the ids)
+    from carla_safe_envs.bev import downsample
+
+    full = gym.make("CarlaLeftTurn-v0")
+    env = DownsampleObservation(gym.make("CarlaLeftTurn-v0"), 64)
+    assert env.observation_space.shape == (64, 64, 3)
+    obs, _ = env.reset(seed=3)
+    reference, _ = full.reset(seed=3)
+    np.testing.assert_array_equal(obs, downsample(reference, 64))
+    step = env.step(7)[0]
+    np.testing.assert_array_equal(step, downsample(full.step(7)[0], 64))
+    check_env(env, skip_render_check=True)
+    with pytest.raises(ValueError, match="must divide"):
+        DownsampleObservation(gym.make("CarlaLeftTurn-v0"), 48)
+    with pytest.raises(ValueError, match="uint8 image space"):
+        DownsampleObservation(CountingEnv(), 1)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from baselines.agent import AgentError, BaseAgent
+from carla_safe_envs.bev import downsample
 from vlsafe.configs import (
     DREAMER_PRESETS,
     FOSP_PRESETS,
@@ -52,6 +53,7 @@ from vlsafe.configs import (
 from vlsafe.learners import DataBatch, DreamerLearner, FOSPLearner, Learner, VLSafeLearner
 from vlsafe.nets import action_dim
 from vlsafe.online import MixedSource, SequenceReplay, run_online
+from vlsafe.rssm import OBS_SIZE
 from vlsafe.training import TrainingRun
 from vlsafe.world_model import (
     WorldModel,
@@ -189,9 +191,10 @@ class WorldModelAgent(BaseAgent):
 
     def _train_offline(self, dataset: Any, run: TrainingRun) -> None:
         with run.phase(self.config.updates, f"train {self.name}"):
-            for _ in range(self.config.updates):
+            for done in range(1, self.config.updates + 1):
                 run.record(self.train_step(dataset))
                 run.advance()
+                self.report_progress(done, self.config.updates, "updates")
 
     def _train_online(
         self,
@@ -202,14 +205,20 @@ class WorldModelAgent(BaseAgent):
         train_ratio: float,
         replay: SequenceReplay,
         source: Any,
+        report: bool = True,
     ) -> None:
         """Drive the env with this agent (after ``prefill`` random steps) into ``replay``
-        and train on batches from ``source`` at ``train_ratio``."""
+        and train on batches from ``source`` at ``train_ratio``; ``report``: env steps are
+        the budget that the ``fit`` hook follows."""
         wmc = self.config.world_model
+
+        first = self.env_steps
 
         def on_env_step() -> None:
             self.env_steps += 1
             run.advance()
+            if report:
+                self.report_progress(self.env_steps - first, env_steps, "env_steps")
 
         env = self.make_env()
         try:
@@ -231,8 +240,18 @@ class WorldModelAgent(BaseAgent):
         finally:
             env.close()
 
+    @property
+    def frame_size(self) -> int:
+        """Side [px] of the frames the world model is fed: its working ``image_size``.  Every
+        frame is area-averaged to it once (:func:`carla_safe_envs.bev.downsample`): the
+        dataset when training starts (held in memory), each env observation in ``act``
+        and in the online replay."""
+        return self.config.world_model.image_size
+
     def _fit(self, dataset: Any, *, log_dir: Path | None, progress: bool) -> Mapping[str, Any]:
         torch.manual_seed(self.seed)
+        if dataset is not None and self.frame_size < OBS_SIZE:
+            dataset.load_frames(self.frame_size, progress=progress)
         with TrainingRun(self, log_dir=log_dir, progress=progress) as run:
             try:
                 self._train(dataset, run)
@@ -286,7 +305,7 @@ class WorldModelAgent(BaseAgent):
             start = np.zeros(n, dtype=bool)
         if episode_start is not None:
             start = start | np.asarray(episode_start, dtype=bool).reshape(n)
-        frames = torch.as_tensor(obs, device=self.device)
+        frames = torch.as_tensor(downsample(obs, self.frame_size), device=self.device)
         is_first = torch.as_tensor(start, device=self.device)
         post, _ = self.wm.obs_step(latent, prev, frames, is_first)
         if deterministic:  # the posterior's mode: no sampling anywhere on this path
@@ -375,7 +394,7 @@ class DreamerV3Agent(WorldModelAgent):
             self._train_offline(dataset, run)
             return
         cfg = self.config
-        replay = SequenceReplay(cfg.replay_capacity, self.action_mode)
+        replay = SequenceReplay(cfg.replay_capacity, self.action_mode, self.frame_size)
         self._train_online(
             run,
             env_steps=cfg.env_steps,
@@ -397,7 +416,7 @@ class FOSPAgent(WorldModelAgent):
         self._train_offline(dataset, run)
         cfg = self.config
         if cfg.online_steps:
-            replay = SequenceReplay(cfg.replay_capacity, self.action_mode)
+            replay = SequenceReplay(cfg.replay_capacity, self.action_mode, self.frame_size)
             self._train_online(
                 run,
                 env_steps=cfg.online_steps,
@@ -405,4 +424,5 @@ class FOSPAgent(WorldModelAgent):
                 train_ratio=cfg.online_train_ratio,
                 replay=replay,
                 source=MixedSource(dataset, replay, cfg.online_dataset_fraction),
+                report=False,  # the hook followed the offline updates
             )

@@ -114,6 +114,8 @@ AC_PRESETS: dict[str, ActorCriticConfig] = {
     # CPU-trainable in hours: narrower networks, imagination from 128 of the batch's 512
     # posterior states (the actor-critic then costs 0.5-1.6 s of a 3.3-4.4 s update on one core)
     "small": ActorCriticConfig(hidden=256, layers=2, actor_lr=1e-4, critic_lr=1e-4, starts=128),
+    # one CPU core: imagination from 64 of the batch's 128 posterior states, 128 units
+    "cpu": ActorCriticConfig(hidden=128, layers=2, actor_lr=1e-4, critic_lr=1e-4, starts=64),
     # DreamerV3 / CarDreamer small: 512 units, 2 layers, DreamerV3 learning rates
     "paper": ActorCriticConfig(),
 }

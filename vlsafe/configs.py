@@ -194,9 +194,12 @@ def _base(preset: str) -> dict[str, Any]:
         world_model = dataclasses.replace(world_model, horizon=5)
     # small: 3.3-4.4 s per update on one core of the 2-vCPU CI machine (world model ~2.7 s),
     # so 5,000 updates take 5-6 hours there
+    # cpu: ~0.2-0.3 s per whole update on one core (wm-speed, 2026-12-02), so 6,000 updates
+    # take ~20-30 minutes
     budget = {
         "debug": dict(updates=12, pretrain_updates=0, log_every=4, checkpoint_every=6),
         "small": dict(updates=5_000, pretrain_updates=500, log_every=50, checkpoint_every=500),
+        "cpu": dict(updates=6_000, pretrain_updates=1_000, log_every=100, checkpoint_every=1_000),
         "paper": dict(
             updates=100_000, pretrain_updates=5_000, log_every=250, checkpoint_every=5_000
         ),
@@ -212,6 +215,11 @@ DREAMER_PRESETS = {
     # small: 50,000 env steps x 32 replayed / (16 x 32 per update) = 3,125 updates (~3 h on CPU)
     "small": DreamerV3Config(
         **_base("small"), env_steps=50_000, prefill=2_500, train_ratio=32.0, replay_capacity=50_000
+    ),
+    # cpu: 60,000 env steps x 16 replayed / (8 x 16 per update) = 7,500 updates (~30-40 min
+    # with the ~1 ms env steps and acting); the replay holds 64 px frames (12 KiB per step)
+    "cpu": DreamerV3Config(
+        **_base("cpu"), env_steps=60_000, prefill=2_500, train_ratio=16.0, replay_capacity=60_000
     ),
     "paper": DreamerV3Config(**_base("paper")),
 }

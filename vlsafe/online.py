@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from carla_safe_envs.bev import downsample
 from carla_safe_envs.datasets import Sequences
+from carla_safe_envs.evaluation import RandomPolicy
 
 OBS_SHAPE = (128, 128, 3)
 
@@ -31,16 +33,21 @@ OBS_SHAPE = (128, 128, 3)
 class SequenceReplay:
     """A FIFO buffer of the last ``capacity`` env steps, sampled as windows of T steps.
 
-    Memory: 48 KiB per step for the frame (capacity 100,000 = 4.9 GB), allocated lazily.
+    Frames are stored area-averaged to ``frame_size`` px (:func:`carla_safe_envs.bev.downsample`;
+    128 keeps them as the env renders them).  Memory per step: 48 KiB at 128 px (capacity
+    100,000 = 4.9 GB), 12 KiB at 64 px; allocated lazily.
     """
 
-    def __init__(self, capacity: int, action_mode: str):
+    def __init__(self, capacity: int, action_mode: str, frame_size: int = OBS_SHAPE[0]):
         if capacity < 2:
             raise ValueError(f"replay capacity must be >= 2 steps, got {capacity}")
+        if OBS_SHAPE[0] % frame_size:
+            raise ValueError(f"frame_size must divide {OBS_SHAPE[0]}, got {frame_size}")
         self.capacity, self.action_mode = int(capacity), action_mode
+        self.frame_size = frame_size
         action_shape: tuple[int, ...] = () if action_mode == "discrete" else (2,)
         action_dtype = np.int64 if action_mode == "discrete" else np.float32
-        self.obs = np.empty((self.capacity, *OBS_SHAPE), np.uint8)
+        self.obs = np.empty((self.capacity, frame_size, frame_size, 3), np.uint8)
         self.actions = np.zeros((self.capacity, *action_shape), action_dtype)
         self.rewards = np.zeros(self.capacity, np.float32)
         self.costs = np.zeros(self.capacity, np.float32)
@@ -65,7 +72,7 @@ class SequenceReplay:
     ) -> None:
         """Append one step: ``action`` taken in ``obs``, its ``reward``, ``cost`` and ends."""
         i = self.added % self.capacity
-        self.obs[i] = obs
+        self.obs[i] = downsample(np.asarray(obs), self.frame_size)
         self.actions[i] = action
         self.rewards[i], self.costs[i] = reward, cost
         self.terminals[i], self.timeouts[i] = terminated, truncated
@@ -118,17 +125,6 @@ class MixedSource:
             values = [getattr(p, name) for p in parts]
             fields[name] = None if any(v is None for v in values) else np.concatenate(values)
         return Sequences(**fields)
-
-
-class RandomPolicy:
-    """Uniformly random actions of ``space`` (the prefill policy), in the Policy convention."""
-
-    def __init__(self, space: Any, seed: int):
-        self.space = space
-        self.space.seed(seed)
-
-    def act(self, obs, state=None, episode_start=None, deterministic=True):
-        return np.stack([self.space.sample() for _ in range(len(obs))]), None
 
 
 class PrefillThenPolicy:

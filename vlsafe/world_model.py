@@ -139,6 +139,25 @@ WM_PRESETS: dict[str, WorldModelConfig] = {
         batch_size=16,
         seq_len=32,
     ),
+    # One CPU core, a model trained in well under an hour: 32 px frames (1 px = 1 m; a car
+    # ~4.5 x 2 px, area-averaged so sub-pixel positions stay in the intensities), small's
+    # 16 x 16 latents and CNN depth, half its GRU / MLP width and a quarter of its batch (8
+    # windows of 16 steps).  Profiled (torch.profiler, one thread): at small's 64 px ~60%
+    # of an update is the encoder / decoder convolutions (forward + backward) and ~15% their
+    # per-pixel LayerNorms, so the resolution is the lever: at 64 px with half small's depth
+    # and this batch an update still costs 1/7 of small's, at 32 px 1/11 (wm-speed).
+    "cpu": WorldModelConfig(
+        deter=128,
+        stoch=16,
+        classes=16,
+        hidden=128,
+        mlp_layers=1,
+        cnn_depth=16,
+        image_size=32,
+        lr=3e-4,
+        batch_size=8,
+        seq_len=16,
+    ),
     # DreamerV3 "S" / CarDreamer: deter 512, 32 x 32 latents, full 128x128 frames, B16 x T64
     "paper": WorldModelConfig(),
 }
@@ -147,7 +166,7 @@ WM_PRESETS: dict[str, WorldModelConfig] = {
 class WorldModelBatch(NamedTuple):
     """B windows of T steps, aligned for the world model (see the module docstring)."""
 
-    obs: Tensor  # (B, T, 128, 128, 3) uint8
+    obs: Tensor  # (B, T, S, S, 3) uint8, S = 128 or the model's image_size
     prev_actions: Tensor  # (B, T, A) float, encode(actions[t-1]); 0 at t == 0 and is_first
     is_first: Tensor  # (B, T) bool
     reward_target: Tensor  # (B, T) float, rewards[t-1]
@@ -166,8 +185,10 @@ def make_batch(seqs, action_mode: str, device: torch.device | str = "cpu") -> Wo
     """A :class:`WorldModelBatch` from :class:`carla_safe_envs.datasets.Sequences`."""
     obs = torch.as_tensor(np.asarray(seqs.observations), device=device)
     batch, length = obs.shape[:2]
-    assert obs.shape == (batch, length, OBS_SIZE, OBS_SIZE, 3) and obs.dtype == torch.uint8, (
-        f"observations must be (B, T, 128, 128, 3) uint8, got {tuple(obs.shape)} {obs.dtype}"
+    side = obs.shape[2] if obs.dim() == 5 else -1
+    assert obs.shape == (batch, length, side, side, 3) and obs.dtype == torch.uint8, (
+        "observations must be (B, T, S, S, 3) uint8 (S = 128, or the model's image_size), "
+        f"got {tuple(obs.shape)} {obs.dtype}"
     )
 
     def column(values, dtype=torch.float32) -> Tensor:

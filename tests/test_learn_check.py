@@ -1,0 +1,86 @@
+"""``python -m benchmarks learn-check`` and its reference policies, on debug presets."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import carla_safe_envs  # noqa: F401 (registers the ids)
+from carla_safe_envs.evaluation import RandomPolicy, StandStillPolicy, evaluate
+from carla_safe_envs.metrics import aggregate
+
+pytest.importorskip("torch")
+from benchmarks.__main__ import main  # noqa: E402
+from benchmarks.learn_check import REFERENCES  # noqa: E402
+
+TASK = "CarlaLeftTurn-v0"
+
+
+@pytest.mark.parametrize("mode", ["discrete", "continuous"])
+def test_stand_still_never_moves_and_random_is_seeded(mode: str) -> None:
+    env = gym.make(TASK, action_mode=mode)
+    still = aggregate(evaluate(env, StandStillPolicy(env.action_space), episodes=1, seed=4)[0])
+    assert still["TD"] == 0.0 and still["Return"] == 0.0 and still["WC"] == 0.0
+    runs = [
+        evaluate(env, RandomPolicy(env.action_space, 7), episodes=2, seed=4)[0] for _ in range(2)
+    ]
+    assert runs[0] == runs[1]  # same seed, same episodes
+    assert aggregate(runs[0])["TD"] > 0.0  # random actions do move the car
+    env.close()
+
+
+def test_learn_check_writes_the_curve_beside_the_references(
+    tmp_path: Path, offline_dataset, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bc"
+    argv = ["learn-check", "--task", TASK, "--model", "bc", "--preset", "debug", "--out", str(out)]
+    argv += ["--dataset", str(offline_dataset(TASK)), "--episodes", "1", "--points", "2"]
+    assert main([*argv, "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    with (out / "curve.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [r["policy"] for r in rows] == [*REFERENCES, "bc", "bc"]
+    points = rows[len(REFERENCES) :]
+    assert [int(r["done"]) for r in points] == [10, 20]  # debug BC: 20 updates, epochs of 10
+    assert {r["unit"] for r in points} == {"updates"} and int(points[0]["total"]) == 20
+    assert float(points[0]["train_seconds"]) <= float(points[1]["train_seconds"])
+    refs = summary["references"]
+    assert refs["stand_still"]["Return"] == 0.0 and refs["expert"]["AR"] == 1.0
+    assert summary["final"]["done"] == 20 and set(summary["beats_references_on_return"]) == {
+        "stand_still",
+        "random",
+    }
+    assert summary["final"]["Return"] == pytest.approx(float(points[1]["Return"]))
+    assert (out / "curve.png").stat().st_size > 10_000
+    assert (out / "model" / "agent.json").is_file()
+    # a finished directory is skipped; the summary comes back unchanged
+    assert main([*argv, "--no-progress", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == summary
+
+
+def test_learn_check_collects_and_labels_a_dataset_when_none_is_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["learn-check", "--task", TASK, "--model", "vlsafe", "--preset", "debug"]
+    argv += ["--out", str(tmp_path / "vl"), "--data-dir", str(tmp_path / "data")]
+    argv += ["--dataset-steps", "120", "--noise", "0.3", "--labeler", "oracle"]
+    argv += ["--episodes", "1", "--points", "1", "--no-references", "--no-progress", "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    dataset = Path(summary["dataset"])
+    assert dataset.parent == tmp_path / "data" / "noise-0.3" and dataset.is_file()
+    assert summary["references"] == {} and summary["final"]["done"] == 12
+    assert np.isfinite(summary["final"]["Return"])
+
+
+def test_learn_check_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["learn-check", "--task", TASK, "--model", "bc", "--out", str(tmp_path / "x")]
+    assert main([*argv, "--points", "0"]) == 2
+    assert "--points" in capsys.readouterr().err
+    assert main([*argv, "--preset", "debug", "--config", "bogus=1", "--no-progress"]) == 2
+    assert "unknown config field" in capsys.readouterr().err
