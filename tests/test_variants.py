@@ -75,8 +75,8 @@ def test_variant_is_deterministic(task_id, kwargs) -> None:
 
 
 KNOWN_UNSOLVED = {
-    # oncoming traffic turning through Town05's wide junctions hits the expert's left turns
-    # (its constant-velocity prediction); see docs/generalization.md
+    # the expert's model of the traffic at Town05's wide junctions: with its 1 m margin it
+    # collided, with the 3 m margin it waits (35 m in 500 steps); see docs/generalization.md
     ("CarlaNavigation-v0", "Town05"),
 }
 EXPERT_CASES = [
@@ -84,7 +84,7 @@ EXPERT_CASES = [
         task_id,
         kw,
         id=i,
-        marks=pytest.mark.xfail(reason="known expert collisions", strict=False)
+        marks=pytest.mark.xfail(reason="the expert on Town05 junctions", strict=False)
         if (task_id, kw.get("town")) in KNOWN_UNSOLVED
         else (),
     )
