@@ -8,7 +8,14 @@ ones), each on the same ``--episodes`` evaluation episodes (reset seeds ``--eval
 Three reference policies are evaluated on the same episodes first: the car standing still
 (full brake), uniformly random actions, and the privileged expert that made the datasets.
 
-Writes into ``--out`` (default ``runs/learn-check/<model>-<task>``):
+``--model`` and ``--task`` take several names: every combination runs in turn, each into
+its own ``<out-root>/<model>-<task>`` directory, and finished ones are skipped, so the
+command is resumable run by run.  ``--table DIR`` prints the Markdown table of every finished
+run under ``DIR`` (the seed's layout: tasks as row groups, the references first) without
+training anything.
+
+Writes into ``--out-root/<model>-<task>`` (default ``results/learn-check``, where the curves,
+CSVs and summaries are committed; ``model/`` and ``logs/`` stay out of git):
 
 - ``curve.csv``: one row per evaluation (``policy`` = the model or a reference, ``done`` /
   ``total`` / ``unit`` of the budget, ``train_seconds`` before it, the ten table metrics),
@@ -43,6 +50,7 @@ CURVE_CSV, CURVE_PNG, SUMMARY_JSON = "curve.csv", "curve.png", "summary.json"
 REFERENCES = ("stand_still", "random", "expert")
 CURVE_METRICS = ("Return", "Cost", "AR", "CR")
 DEFAULT_EVAL_SEED = 10_000
+DEFAULT_ROOT = Path("results/learn-check")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,10 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from benchmarks.grid import PRESETS
     from benchmarks.train import _config_item
 
-    parser.add_argument("--task", required=True, help="task id, e.g. CarlaLeftTurn-v0")
-    parser.add_argument("--model", required=True, choices=[m for m in AGENTS if m != "expert"])
+    parser.add_argument("--task", nargs="+", help="task id(s), e.g. CarlaLeftTurn-v0")
+    parser.add_argument("--model", nargs="+", choices=[m for m in AGENTS if m != "expert"])
     parser.add_argument("--preset", default="cpu", choices=PRESET_NAMES, help="agent preset")
-    parser.add_argument("--out", type=Path, help="default runs/learn-check/<model>-<task>")
+    parser.add_argument("--out-root", type=Path, default=DEFAULT_ROOT, help="runs go here")
+    parser.add_argument("--out", type=Path, help="one run's directory (one model and task)")
+    parser.add_argument("--table", type=Path, metavar="DIR", help="print the table of DIR")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per point")
     parser.add_argument("--points", type=int, default=10, help="evaluation points in the budget")
@@ -194,13 +204,40 @@ def prepare_dataset(args: argparse.Namespace, model: str, task: str) -> Path | N
 
 
 def run(args: argparse.Namespace) -> int:
-    from baselines.agent import AgentError, make_agent, versions
-    from carla_safe_envs.metrics import METRIC_NAMES, format_table
+    import carla_safe_envs
 
+    if args.table is not None:
+        print(results_table(args.table))
+        return 0
+    if not args.model or not args.task:
+        print("error: give --model and --task (or --table DIR)", file=sys.stderr)
+        return 2
+    unknown = [t for t in args.task if t not in carla_safe_envs.TASK_IDS]
+    if unknown:
+        print(
+            f"error: unknown task(s) {unknown}; choose from {', '.join(carla_safe_envs.TASK_IDS)}",
+            file=sys.stderr,
+        )
+        return 2
     if args.episodes < 1 or args.points < 1:
         print("error: --episodes and --points must be >= 1", file=sys.stderr)
         return 2
-    out = args.out or Path("runs/learn-check") / f"{args.model}-{args.task}"
+    runs = [(m, t) for t in args.task for m in args.model]
+    if args.out is not None and len(runs) > 1:
+        print("error: --out names one run's directory; use --out-root for several", file=sys.stderr)
+        return 2
+    status = 0
+    for model, task in runs:
+        out = args.out or args.out_root / f"{model}-{task}"
+        status = max(status, run_one(args, model, task, out))
+    return status
+
+
+def run_one(args: argparse.Namespace, model: str, task: str, out: Path) -> int:
+    """One learn-check run of ``model`` on ``task`` into ``out``; the exit status."""
+    from baselines.agent import AgentError, make_agent, versions
+    from carla_safe_envs.metrics import METRIC_NAMES, format_table
+
     if (out / SUMMARY_JSON).is_file() and not args.overwrite:
         summary = json.loads((out / SUMMARY_JSON).read_text())
         print(f"{out} is finished (pass --overwrite to run it again)", file=sys.stderr)
@@ -211,14 +248,14 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         agent = make_agent(
-            args.model,
-            args.task,
+            model,
+            task,
             preset=args.preset,
             seed=args.seed,
             env_kwargs=args.env_kwargs,
             config=dict(args.config),
         )
-        dataset = prepare_dataset(args, args.model, args.task)
+        dataset = prepare_dataset(args, model, task)
     except (AgentError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -231,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
         env.close()
         for name in REFERENCES:
             policy = reference_policy(name, space, args.eval_seed)
-            rows.append(_row(name, evaluate_policy(args.task, policy, **evaluation)))
+            rows.append(_row(name, evaluate_policy(task, policy, **evaluation)))
             write_curve(rows, out / CURVE_CSV)
             log.info("%s: %s", name, rows[-1])
     eval_seconds = 0.0
@@ -241,11 +278,11 @@ def run(args: argparse.Namespace) -> int:
         nonlocal eval_seconds
         t0 = time.perf_counter()
         train_seconds = t0 - fit_started - eval_seconds
-        metrics = evaluate_policy(args.task, agent, **evaluation)
+        metrics = evaluate_policy(task, agent, **evaluation)
         eval_seconds += time.perf_counter() - t0
         rows.append(
             _row(
-                args.model,
+                model,
                 metrics,
                 done=done,
                 total=total,
@@ -256,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
         write_curve(rows, out / CURVE_CSV)
         if not args.no_progress:
             print(
-                f"\n{args.model} {done}/{total} {unit}: "
+                f"\n{model} {done}/{total} {unit}: "
                 + ", ".join(f"{k} {metrics[k]:.2f}" for k in CURVE_METRICS),
                 file=sys.stderr,
             )
@@ -273,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     agent.save(out / "model")
-    points = [r for r in rows if r["policy"] == args.model]
+    points = [r for r in rows if r["policy"] == model]
     refs = {r["policy"]: r for r in rows if r["policy"] in REFERENCES}
     final, best = points[-1], max(points, key=lambda r: r["Return"])
     beats = {
@@ -282,8 +319,8 @@ def run(args: argparse.Namespace) -> int:
         if name in refs
     }
     summary = {
-        "model": args.model,
-        "task": args.task,
+        "model": model,
+        "task": task,
         "preset": args.preset,
         "seed": args.seed,
         "episodes": args.episodes,
@@ -302,19 +339,71 @@ def run(args: argparse.Namespace) -> int:
         "versions": versions(),
         "command": "python -m benchmarks learn-check " + " ".join(sys.argv[2:]),
     }
-    title = f"{args.model} ({args.preset}) on {args.task}, {args.episodes} episodes per point"
+    title = f"{model} ({args.preset}) on {task}, {args.episodes} episodes per point"
     plot_curve(rows, out / CURVE_PNG, title)
     (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
         table = {
-            r["policy"] if r["policy"] in REFERENCES else f"{args.model} {r['done']} {r['unit']}": r
+            r["policy"] if r["policy"] in REFERENCES else f"{model} {r['done']} {r['unit']}": r
             for r in rows
         }
         print(format_table(table, columns=[*METRIC_NAMES, "train_seconds"], label="policy"))
         print(f"wrote {out / CURVE_CSV}, {out / CURVE_PNG}, {out / SUMMARY_JSON}")
     return 0
+
+
+def results_table(root: Path) -> str:
+    """The Markdown table of every finished run under ``root`` (``*/summary.json``): per
+    task the three references, then each model's final point (Return, Cost, AR, CR), its best
+    Return and where it was reached, training minutes, and whether the final Return beats
+    both the stand-still and the random policy."""
+    from baselines.agent import TABLE_MODELS
+    from benchmarks.published import TABLE_TASKS
+
+    summaries = [json.loads(p.read_text()) for p in sorted(Path(root).glob(f"*/{SUMMARY_JSON}"))]
+    if not summaries:
+        return f"no finished learn-check runs under {root}"
+    order = {m: i for i, m in enumerate(TABLE_MODELS)}
+    header = (
+        "| task | policy | Return | Cost | AR | CR | best Return (at) | train min | beats both |"
+    )
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+
+    def cells(row: Mapping[str, Any]) -> str:
+        return " | ".join(
+            f"{row[k]:.{1 if k in ('Return', 'Cost') else 2}f}" for k in CURVE_METRICS
+        )
+
+    for task, task_name in TABLE_TASKS.items():
+        runs = sorted((s for s in summaries if s["task"] == task), key=lambda s: order[s["model"]])
+        if not runs:
+            continue
+        refs = next((s["references"] for s in runs if s["references"]), {})
+        for name in REFERENCES:
+            if name in refs:
+                lines.append(
+                    f"| {task_name} | *{name.replace('_', ' ')}* | {cells(refs[name])} | | | |"
+                )
+        for run_summary in runs:
+            final, best = run_summary["final"], run_summary["best"]
+            beats = run_summary["beats_references_on_return"]
+            verdict = "yes" if beats and all(beats.values()) else ("no" if beats else "-")
+            at = f"{best['Return']:.1f} ({best['done']:,} {best['unit'].replace('_', ' ')})"
+            minutes = run_summary["train_seconds"] / 60
+            lines.append(
+                f"| {task_name} | {run_summary['model']} ({run_summary['preset']}) | {cells(final)} "
+                f"| {at} | {minutes:.0f} | {verdict} |"
+            )
+    episodes = sorted({s["episodes"] for s in summaries})
+    lines.append("")
+    lines.append(
+        f"Final point of each run ({'/'.join(map(str, episodes))} evaluation episodes per point, "
+        "the references on the same episodes); made by `python -m benchmarks learn-check "
+        f"--table {root}` from the runs' summary.json files."
+    )
+    return "\n".join(lines)
 
 
 LEARN_CHECK_COMMAND = (HELP, add_arguments, run)

@@ -285,3 +285,25 @@ def test_config_validation_and_json_round_trip() -> None:
     assert agent.config.encoder_filters == ((4, 8, 8),)  # JSON lists become tuples
     meta = agent.metadata()["config"]
     assert make_agent("bc", TASK, preset="debug", config=meta).config == agent.config
+
+
+def test_acc_balance_samples_the_three_accelerations_evenly(discrete_data: Path) -> None:
+    with OfflineDataset(discrete_data) as data:
+        acc = data.actions.astype(int) // 5
+        plain = replay_buffer(data, action_mode="discrete", frame_stack=2, task_id=TASK)
+        balanced = replay_buffer(
+            data, action_mode="discrete", frame_stack=2, task_id=TASK, acc_balance=1.0
+        )
+        with pytest.raises(AgentError, match="discrete actions"):
+            replay_buffer(
+                data, action_mode="continuous", frame_stack=1, task_id=TASK, acc_balance=1
+            )
+    assert np.bincount(acc, minlength=3).min() < 0.2 * len(acc)  # the data is unbalanced
+    np.random.seed(0)
+    batch = balanced.sample_transition_batch(3_000)
+    shares = np.bincount(batch.actions.reshape(-1).astype(int) // 5, minlength=3) / 3_000
+    np.testing.assert_allclose(shares, 1 / 3, atol=0.04)
+    assert batch.observations.shape == (3_000, 6, 128, 128)  # frames still stacked
+    np.random.seed(0)
+    shares = np.bincount(plain.sample_transition_batch(3_000).actions.reshape(-1).astype(int) // 5)
+    assert shares.min() / 3_000 < 0.2

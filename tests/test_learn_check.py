@@ -61,6 +61,19 @@ def test_learn_check_writes_the_curve_beside_the_references(
     # a finished directory is skipped; the summary comes back unchanged
     assert main([*argv, "--no-progress", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == summary
+    # the table of every finished run under a root: the references, then the model
+    assert main(["learn-check", "--table", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| task | policy | Return")
+    rows = [line for line in table if line.startswith("| Left Turn")]
+    assert [r.split(" | ")[1] for r in rows] == [
+        "*stand still*",
+        "*random*",
+        "*expert*",
+        "bc (debug)",
+    ]
+    final = summary["final"]
+    assert f"| {final['Return']:.1f} | {final['Cost']:.1f} | {final['AR']:.2f} |" in rows[-1]
 
 
 def test_learn_check_collects_and_labels_a_dataset_when_none_is_given(
@@ -82,5 +95,13 @@ def test_learn_check_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     argv = ["learn-check", "--task", TASK, "--model", "bc", "--out", str(tmp_path / "x")]
     assert main([*argv, "--points", "0"]) == 2
     assert "--points" in capsys.readouterr().err
+    assert main(["learn-check", "--model", "bc"]) == 2
+    assert "--table" in capsys.readouterr().err
+    assert main([*argv[:3], "CarlaParking-v0", *argv[3:]]) == 2
+    assert "unknown task" in capsys.readouterr().err
+    assert main([*argv[:5], "cql", *argv[5:]]) == 2  # two runs cannot share one --out
+    assert "--out-root" in capsys.readouterr().err
+    assert main(["learn-check", "--table", str(tmp_path)]) == 0
+    assert "no finished learn-check runs" in capsys.readouterr().out
     assert main([*argv, "--preset", "debug", "--config", "bogus=1", "--no-progress"]) == 2
     assert "unknown config field" in capsys.readouterr().err
