@@ -331,9 +331,9 @@ PPO_PRESETS = _presets(
     # The zoo's settings for 2e5 steps. Measured on the 2-vCPU machine: 75 steps/s with both
     # cores free (45 min), 30-38 steps/s while shared (load ~3.3; ~1.5-2 h).
     small={"total_timesteps": 200_000},
-    # One CPU core, well under an hour: the zoo's settings on 64 px frames (the CNN costs a
-    # quarter), 150,000 steps.
-    cpu={"total_timesteps": 150_000, "image_size": 64},
+    # One CPU core, ~30 min: the zoo's settings on 64 px frames (the CNN costs a quarter),
+    # 300,000 steps.  Measured while 4 jobs shared the 2-vCPU machine: ~200 steps/s.
+    cpu={"total_timesteps": 300_000, "image_size": 64},
 )
 DQN_PRESETS = _presets(
     DQNConfig(),
@@ -357,7 +357,7 @@ DQN_PRESETS = _presets(
     },
     # One CPU core, well under an hour: 64 px frames, 100,000 steps with an update every 4
     # (the zoo's rate), target sync every 2,000, exploration over the first 20%.  A 1.2 GB
-    # replay of 64 px frames.
+    # replay of 64 px frames.  ~80 steps/s while 4 jobs shared the 2-vCPU machine (~21 min).
     cpu={
         "total_timesteps": 100_000,
         "buffer_size": 100_000,
@@ -391,8 +391,8 @@ SAC_PRESETS = _presets(
         "train_freq": 8,
         "gradient_steps": 1,
     },
-    # One CPU core, well under an hour: 64 px frames, 40,000 steps, one batch-64 update
-    # every 4 steps.  A 0.5 GB replay of 64 px frames.
+    # One CPU core, ~30-40 min: 64 px frames, 40,000 steps, one batch-64 update every 4
+    # steps.  A 0.5 GB replay of 64 px frames.  ~20 steps/s while 4 jobs shared the 2 vCPUs.
     cpu={
         "total_timesteps": 40_000,
         "buffer_size": 40_000,

@@ -105,3 +105,19 @@ def test_learn_check_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "no finished learn-check runs" in capsys.readouterr().out
     assert main([*argv, "--preset", "debug", "--config", "bogus=1", "--no-progress"]) == 2
     assert "unknown config field" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("root", ["results/learn-check", "results/learn-check-noise0"])
+def test_committed_results_make_their_table(root: str) -> None:
+    """The committed learn-check summaries are readable and each makes its table row."""
+    from benchmarks.learn_check import results_table
+
+    path = Path(__file__).resolve().parents[1] / root
+    summaries = [json.loads(p.read_text()) for p in sorted(path.glob("*/summary.json"))]
+    if not summaries:
+        pytest.skip(f"no committed runs under {root}")
+    table = results_table(path)
+    for summary in summaries:
+        final = summary["final"]
+        assert f"| {summary['model']} ({summary['preset']}) | {final['Return']:.1f} |" in table
+        assert (path / f"{summary['model']}-{summary['task']}" / "curve.png").is_file()
