@@ -75,8 +75,10 @@ def test_variant_is_deterministic(task_id, kwargs) -> None:
 
 
 KNOWN_UNSOLVED = {
-    # the expert's model of the traffic at Town05's wide junctions: with its 1 m margin it
-    # collided, with the 3 m margin it waits (35 m in 500 steps); see docs/generalization.md
+    # the expert's model of the traffic at Town05's wide junctions: with its road margin
+    # (1 m / 0.4 m; Navigation has no yield zone) it collides at seed 1000 (CR 0.05 over 20
+    # episodes), with the 3 m / 1 m junction margin it waits (35 m in 500 steps); see
+    # docs/generalization.md
     ("CarlaNavigation-v0", "Town05"),
 }
 EXPERT_CASES = [
