@@ -13,6 +13,9 @@ agent preset each model is made with (``baselines.agent.PRESET_NAMES``), the off
 - ``small``: a CPU overnight run: agent preset ``small`` (its network sizes) with the
   training budgets of :data:`SMALL_BUDGETS` (~12 minutes of one core per cell), 3 seeds,
   20,000-step datasets, 10 evaluation episodes.
+- ``cpu``: the agents' ``cpu`` presets (each model's best within ~30-45 minutes of one
+  core, chosen with ``python -m benchmarks learn-check``), 3 seeds, 20,000-step datasets, 20
+  evaluation episodes: 108 cells, ~55-80 core-hours (not run yet).
 - ``paper``: the budgets of a GPU cluster: agent preset ``paper``, 5 seeds, 100,000-step
   datasets, 20 evaluation episodes (documented; not run in CI).
 
@@ -138,6 +141,12 @@ PRESETS: dict[str, GridPreset] = {
             seeds=(0, 1, 2),
             episodes=10,
             agent_config=SMALL_BUDGETS,
+        ),
+        GridPreset(
+            name="cpu",
+            agent_preset="cpu",
+            seeds=(0, 1, 2),
+            episodes=20,
         ),
         GridPreset(
             name="paper",
