@@ -1,4 +1,4 @@
-"""The expert driver as an :class:`~baselines.agent.Agent` (model name ``expert``).
+"""The expert driver as an :class:`~carla_safe_envs.agents.Agent` (model name ``expert``).
 
 It is the privileged policy that collects the offline datasets: it reads the simulator state
 (route, traffic) rather than the BEV, so it only acts inside the evaluation loop, which hands
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from baselines.agent import PRESET_NAMES, BaseAgent
+from carla_safe_envs.agents import PRESET_NAMES, BaseAgent
 from carla_safe_envs.expert import ExpertPolicy
 
 

@@ -62,7 +62,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from baselines.agent import AgentError, BaseAgent
+from carla_safe_envs.agents import AgentError, BaseAgent
 from carla_safe_envs.bev import downsample
 from carla_safe_envs.tasks import TASKS
 
@@ -513,7 +513,7 @@ def dataset_statistics(data: Any) -> dict[str, float]:
 
 
 class D3rlpyAgent(BaseAgent):
-    """A d3rlpy offline algorithm as an :class:`~baselines.agent.Agent`; the subclasses only
+    """A d3rlpy offline algorithm as an :class:`~carla_safe_envs.agents.Agent`; the subclasses only
     name the model and its presets (the config class builds the algorithm)."""
 
     presets: ClassVar[Mapping[str, OfflineConfig]] = {}

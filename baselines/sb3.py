@@ -40,7 +40,7 @@ from stable_baselines3.common.logger import Logger, configure
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
-from baselines.agent import AgentError, BaseAgent
+from carla_safe_envs.agents import AgentError, BaseAgent
 from carla_safe_envs.bev import downsample
 from carla_safe_envs.progress import Progress, progress_bar
 
@@ -612,7 +612,7 @@ class SB3Agent(BaseAgent):
         if self.model is None:
             raise AgentError(
                 f"{self.name} has no model yet: call fit() or load a trained one "
-                "(baselines.load_agent(dir))"
+                "(carla_safe_envs.agents.load_agent(dir))"
             )
         return self.model
 

@@ -104,7 +104,7 @@ def _agent_identity(meta: Mapping[str, Any]) -> str:
 def _saved_agent_matches(model_dir: Path, agent: Any) -> bool:
     """Whether ``model_dir`` holds a completely saved agent equal in identity to ``agent``
     (``agent.json`` is written last by ``save``, so its presence means a whole save)."""
-    from baselines.agent import AgentError, read_metadata
+    from carla_safe_envs.agents import AgentError, read_metadata
 
     try:
         stored = read_metadata(model_dir)
@@ -126,8 +126,8 @@ def run_cell(job: Job) -> CellResult:
     """Make, fit, save and evaluate one cell; its rows (one per evaluation episode), or the
     error if anything raised.  A model directory that already holds this exact agent (a run
     killed during evaluation) is loaded instead of trained again."""
-    from baselines.agent import get_spec, load_agent, make_agent, versions
     from benchmarks.train import evaluate_agent
+    from carla_safe_envs.agents import get_spec, load_agent, make_agent, versions
     from carla_safe_envs.metrics import aggregate
 
     cell = job.cell

@@ -1,6 +1,6 @@
 """``python -m benchmarks generalize``: a trained model on conditions it was not trained on.
 
-Loads a model directory from ``train`` (:func:`baselines.agent.load_agent`), evaluates it
+Loads a model directory from ``train`` (:func:`carla_safe_envs.agents.load_agent`), evaluates it
 through the one evaluation loop (:func:`carla_safe_envs.evaluation.evaluate`) on every level
 of a shift, its task's options changed and everything else as trained, and prints each metric
 beside the training condition with its relative drop::
@@ -158,7 +158,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from baselines.agent import AgentError, load_agent
+    from carla_safe_envs.agents import AgentError, load_agent
 
     if args.episodes < 1:
         print("error: --episodes must be >= 1", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The benchmark grid: presets (typed, frozen) and the model x task x seed cells they expand to.
 
 A grid preset fixes everything a result depends on besides the model, task and seed: the
-agent preset each model is made with (``baselines.agent.PRESET_NAMES``), the offline dataset
+agent preset each model is made with (``carla_safe_envs.agents.PRESET_NAMES``), the offline dataset
 (steps, collection seed, expert noise levels), the safety labeler, and the evaluation
 (episodes, reset seeds).  Three presets ship in :data:`PRESETS`:
 
@@ -79,7 +79,7 @@ class GridPreset:
     agent_config: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from baselines.agent import PRESET_NAMES
+        from carla_safe_envs.agents import PRESET_NAMES
 
         if self.agent_preset not in PRESET_NAMES:
             raise GridError(
@@ -198,14 +198,14 @@ def get_preset(name: str) -> GridPreset:
 
 def default_models() -> tuple[str, ...]:
     """The nine models of the seed's comparison table."""
-    from baselines.agent import TABLE_MODELS
+    from carla_safe_envs.agents import TABLE_MODELS
 
     return TABLE_MODELS
 
 
 def check_models(models: Iterable[str]) -> tuple[str, ...]:
     """``models`` as a tuple (duplicates dropped), each a registered model name."""
-    from baselines.agent import AGENTS
+    from carla_safe_envs.agents import AGENTS
 
     models = tuple(dict.fromkeys(models))
     unknown = [m for m in models if m not in AGENTS]
@@ -252,7 +252,7 @@ def make_cells(
 
 def uses_dataset(model: str, preset: GridPreset) -> bool:
     """Whether ``model`` learns from the offline dataset under ``preset``."""
-    from baselines.agent import get_spec
+    from carla_safe_envs.agents import get_spec
 
     spec = get_spec(model)
     return spec.training == "offline" or (spec.dataset_optional and preset.offline_optional)
@@ -260,7 +260,7 @@ def uses_dataset(model: str, preset: GridPreset) -> bool:
 
 def dataset_for(cell: Cell, preset: GridPreset) -> DatasetKey | None:
     """The dataset ``cell``'s model learns from, or None for online / untrained models."""
-    from baselines.agent import get_spec
+    from carla_safe_envs.agents import get_spec
 
     if not uses_dataset(cell.model, preset):
         return None
@@ -270,7 +270,7 @@ def dataset_for(cell: Cell, preset: GridPreset) -> DatasetKey | None:
 
 def needs_labels(cells: Iterable[Cell], preset: GridPreset) -> set[DatasetKey]:
     """The datasets that need a safety column for the models of ``cells``."""
-    from baselines.agent import get_spec
+    from carla_safe_envs.agents import get_spec
 
     out = set()
     for cell in cells:

@@ -23,7 +23,7 @@ CSVs and summaries are committed; ``model/`` and ``logs/`` stay out of git):
 - ``curve.png``: Return, Cost, AR and CR against the budget, the references as lines;
 - ``summary.json``: the final and best points, the references, whether the final model beats
   both the stand-still and the random policy on Return, timings, the config and versions;
-- ``model/``: the trained agent (``baselines.load_agent``); ``logs/``: its training log.
+- ``model/``: the trained agent (``carla_safe_envs.agents.load_agent``); ``logs/``: its training log.
 
 A finished directory (``summary.json`` present) is skipped unless ``--overwrite``; offline
 models get ``--dataset`` or a dataset collected once into ``--data-dir`` (reused by later runs
@@ -54,9 +54,9 @@ DEFAULT_ROOT = Path("results/learn-check")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from baselines.agent import AGENTS, PRESET_NAMES
     from benchmarks.grid import PRESETS
     from benchmarks.train import _config_item
+    from carla_safe_envs.agents import AGENTS, PRESET_NAMES
 
     parser.add_argument("--task", nargs="+", help="task id(s), e.g. CarlaLeftTurn-v0")
     parser.add_argument("--model", nargs="+", choices=[m for m in AGENTS if m != "expert"])
@@ -164,9 +164,9 @@ def plot_curve(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Pat
 
 def prepare_dataset(args: argparse.Namespace, model: str, task: str) -> Path | None:
     """The dataset file ``model`` trains from (None for online training)."""
-    from baselines.agent import get_spec
     from benchmarks.grid import DatasetKey, GridPreset, uses_dataset
     from benchmarks.prepare import DatasetFailure, prepare_datasets, resolve_labeler
+    from carla_safe_envs.agents import get_spec
 
     noise = tuple(float(p) for p in args.noise)
     preset = GridPreset(
@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_one(args: argparse.Namespace, model: str, task: str, out: Path) -> int:
     """One learn-check run of ``model`` on ``task`` into ``out``; the exit status."""
-    from baselines.agent import AgentError, make_agent, versions
+    from carla_safe_envs.agents import AgentError, make_agent, versions
     from carla_safe_envs.metrics import METRIC_NAMES, format_table
 
     if (out / SUMMARY_JSON).is_file() and not args.overwrite:
@@ -359,8 +359,8 @@ def results_table(root: Path) -> str:
     task the three references, then each model's final point (Return, Cost, AR, CR), its best
     Return and where it was reached, training minutes, and whether the final Return beats
     both the stand-still and the random policy."""
-    from baselines.agent import TABLE_MODELS
     from benchmarks.published import TABLE_TASKS
+    from carla_safe_envs.agents import TABLE_MODELS
 
     summaries = [json.loads(p.read_text()) for p in sorted(Path(root).glob(f"*/{SUMMARY_JSON}"))]
     if not summaries:

@@ -79,11 +79,11 @@ def run_grid(
             another run is writing it.
         GridError: ``--labeler clip`` without CLIP weights.
     """
-    from baselines.agent import AgentError, get_spec
     from benchmarks.executors import Job, unpack_model
     from benchmarks.grid import dataset_for, needs_labels
     from benchmarks.prepare import resolve_labeler
     from benchmarks.store import STORE_FORMAT, ResultStore, now
+    from carla_safe_envs.agents import AgentError, get_spec
     from carla_safe_envs.progress import progress_bar
 
     started = time.perf_counter()

@@ -7,7 +7,7 @@ Layout of a result directory ``DIR``::
     cells/<task>/<model>/seed-S.parquet    one row per evaluation episode of a finished cell
     failures/<task>/<model>/seed-S.json    the error of a cell whose last attempt failed
     logs/<task>/<model>/seed-S.log         the cell's log (warnings, summary, traceback)
-    models/<task>/<model>/seed-S/          the trained agent (``baselines.load_agent``)
+    models/<task>/<model>/seed-S/          the trained agent (``agents.load_agent(dir)``)
     datasets/*.h5                          the offline datasets (unless ``--data-dir``)
 
 A cell's rows are written at once: to a temporary file in the same folder, then renamed

@@ -77,8 +77,8 @@ def summarize(root: str | Path, *, reps: int = DEFAULT_REPS) -> Table:
     Raises:
         benchmarks.store.StoreError: ``root`` is not a result directory of this version.
     """
-    from baselines.agent import AGENTS, TABLE_MODELS
     from benchmarks.store import ResultStore, episode_metrics
+    from carla_safe_envs.agents import AGENTS, TABLE_MODELS
     from carla_safe_envs.metrics import aggregate
 
     store = ResultStore(root)
@@ -140,7 +140,7 @@ def _caption(store: Any, rows: Any, cells: Mapping[tuple[str, str], CellSummary]
     labels = [
         entry["labels"] for entry in store.manifest["datasets"].values() if entry.get("labels")
     ]
-    from baselines.agent import TABLE_MODELS
+    from carla_safe_envs.agents import TABLE_MODELS
 
     # the nine always count; other models (the expert) only where they were asked for
     statuses = [c.status for c in cells.values() if c.model in TABLE_MODELS or c.requested]

@@ -1,6 +1,6 @@
 """``python -m benchmarks train`` and ``evaluate``: one model, one task, from the command line.
 
-``train`` makes a registered model (:data:`baselines.agent.AGENTS`) for a task with a preset,
+``train`` makes a registered model (:data:`carla_safe_envs.agents.AGENTS`) for a task with a preset,
 fits it (online in the environment, or offline from ``--dataset``) and saves it to ``--out``
 (``agent.json`` + the model's files; the training log under ``--out/logs``).  ``evaluate``
 loads a saved model and drives it through the one evaluation loop
@@ -36,7 +36,7 @@ def _config_item(text: str) -> tuple[str, Any]:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from baselines.agent import AGENTS, PRESET_NAMES
+    from carla_safe_envs.agents import AGENTS, PRESET_NAMES
 
     parser.add_argument("--model", required=True, choices=list(AGENTS), help="model name")
     parser.add_argument("--task", required=True, help="task id, e.g. CarlaLeftTurn-v0")
@@ -60,7 +60,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from baselines.agent import AgentError, make_agent
+    from carla_safe_envs.agents import AgentError, make_agent
 
     try:
         agent = make_agent(
@@ -126,7 +126,7 @@ def evaluate_agent(
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from baselines.agent import AgentError, load_agent
+    from carla_safe_envs.agents import AgentError, load_agent
     from carla_safe_envs.metrics import aggregate, format_table
 
     if args.episodes < 1:

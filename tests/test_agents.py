@@ -1,6 +1,6 @@
 """The shared agent tester: every registered model goes through the same checks.
 
-For each model of :data:`baselines.agent.AGENTS` (the nine of the comparison table and the
+For each model of :data:`carla_safe_envs.agents.AGENTS` (the nine of the comparison table and the
 expert): a ``debug`` fit (online in the env, or offline from a small labeled dataset), ``act``
 on a batch returns valid actions of the right shape, save/load gives identical deterministic
 actions, and an evaluation through the one loop returns every metric.  Then the bad inputs of
@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from baselines.agent import (
+from benchmarks.__main__ import main
+from benchmarks.train import evaluate_agent
+from carla_safe_envs.agents import (
     AGENTS,
     PRESET_NAMES,
     TABLE_MODELS,
@@ -28,8 +30,6 @@ from baselines.agent import (
     make_agent,
     read_metadata,
 )
-from benchmarks.__main__ import main
-from benchmarks.train import evaluate_agent
 from carla_safe_envs.metrics import METRIC_NAMES, aggregate
 
 TASK = "CarlaLeftTurn-v0"

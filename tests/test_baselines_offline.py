@@ -16,7 +16,6 @@ pytest.importorskip("d3rlpy")
 torch = pytest.importorskip("torch")
 
 import carla_safe_envs  # noqa: E402
-from baselines.agent import PRESET_NAMES, AgentError, load_agent, make_agent  # noqa: E402
 from baselines.offline import (  # noqa: E402
     MODEL_FILE,
     BCAgent,
@@ -27,6 +26,7 @@ from baselines.offline import (  # noqa: E402
     replay_buffer,
     stack_frames,
 )
+from carla_safe_envs.agents import PRESET_NAMES, AgentError, load_agent, make_agent  # noqa: E402
 from carla_safe_envs.datasets import OfflineDataset  # noqa: E402
 from carla_safe_envs.env import discrete_to_continuous  # noqa: E402
 

@@ -19,7 +19,6 @@ from stable_baselines3.common.callbacks import CallbackList  # noqa: E402
 from stable_baselines3.common.logger import Logger, configure  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
-from baselines.agent import PRESET_NAMES, AgentError, make_agent  # noqa: E402
 from baselines.sb3 import (  # noqa: E402
     EPISODE_KEYS,
     DQNAgent,
@@ -32,6 +31,7 @@ from baselines.sb3 import (  # noqa: E402
     SACAgent,
     SACConfig,
 )
+from carla_safe_envs.agents import PRESET_NAMES, AgentError, make_agent  # noqa: E402
 
 AGENT_CLASSES = {PPOAgent: PPOConfig, DQNAgent: DQNConfig, SACAgent: SACConfig}
 TASK = "CarlaLeftTurn-v0"

@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from baselines.agent import AGENTS, TABLE_MODELS, AgentSpec, BaseAgent, make_agent
 from benchmarks.__main__ import main
 from benchmarks.executors import Job, LocalExecutor, RayExecutor, _saved_agent_matches
 from benchmarks.grid import PRESETS, Cell, GridError, GridPreset, get_preset, make_cells
 from benchmarks.prepare import resolve_labeler
 from benchmarks.run import run_grid
 from benchmarks.store import METRIC_FIELDS, STORE_FORMAT, ResultStore, StoreError
+from carla_safe_envs.agents import AGENTS, TABLE_MODELS, AgentSpec, BaseAgent, make_agent
 
 TASKS = ("CarlaLeftTurn-v0", "CarlaRightTurn-v0")
 MODELS = ("expert", "bc")

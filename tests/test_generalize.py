@@ -56,7 +56,7 @@ def _check_report(report: dict, shift: str, labels: list[str]) -> None:
 
 
 def test_generalize_a_trained_bc_model(tmp_path, offline_dataset, capsys) -> None:
-    from baselines.agent import make_agent
+    from carla_safe_envs.agents import make_agent
 
     agent = make_agent("bc", "CarlaLeftTurn-v0", preset="debug", seed=0)
     agent.fit(offline_dataset("CarlaLeftTurn-v0"), log_dir=tmp_path / "logs", progress=False)
@@ -71,7 +71,7 @@ def test_generalize_a_trained_bc_model(tmp_path, offline_dataset, capsys) -> Non
 
 
 def test_generalize_town_table(tmp_path, capsys) -> None:
-    from baselines.agent import make_agent
+    from carla_safe_envs.agents import make_agent
 
     make_agent("expert", "CarlaRightTurn-v0", preset="debug").save(tmp_path / "expert")
     argv = ["generalize", "--model-dir", str(tmp_path / "expert"), "--shift", "town"]

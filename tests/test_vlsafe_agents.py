@@ -16,9 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 h5py = pytest.importorskip("h5py")
 
-from baselines.agent import AgentError, load_agent, make_agent  # noqa: E402
 from benchmarks.__main__ import main  # noqa: E402
 from benchmarks.train import evaluate_agent  # noqa: E402
+from carla_safe_envs.agents import AgentError, load_agent, make_agent  # noqa: E402
 from carla_safe_envs.datasets import OfflineDataset, Sequences  # noqa: E402
 from carla_safe_envs.metrics import METRIC_NAMES, aggregate  # noqa: E402
 from vlsafe import behavior, learners  # noqa: E402

@@ -5,7 +5,8 @@ protocol, scored against a privileged ground-truth labeler) turns every stored B
 safety probability p(s) (:mod:`vlsafe.labels`, :mod:`vlsafe.label_report`).  Phase 2: a
 DreamerV3-style safety-aware world model (RSSM with reward, cost, continuation and safety
 heads), shared with the DreamerV3 and FOSP baselines.  Phase 3: reward / cost critics and the
-p(s)-weighted actor trained on imagined rollouts from the offline dataset.  The labelers and
-the world model depend on torch and ``carla_safe_envs`` only; :mod:`vlsafe.agents` plugs the
-agents into the ``baselines.agent`` protocol and registry.
+p(s)-weighted actor trained on imagined rollouts from the offline dataset.  The package
+depends on torch and ``carla_safe_envs`` only: :mod:`vlsafe.agents` implements the
+:mod:`carla_safe_envs.agents` protocol, whose registry names it by import string; it never
+imports ``baselines``.
 """

@@ -21,7 +21,7 @@ config (``world_model``), the actor-critic config (``actor_critic``) and the age
 overrides may be nested dicts (``{"world_model": {"lr": 1e-4}}``) or dotted keys
 (``--config world_model.lr=1e-4`` on the command line); unknown keys raise.
 
-A saved agent directory holds ``agent.json`` (baselines.agent), ``world_model.pt``
+A saved agent directory holds ``agent.json`` (:mod:`carla_safe_envs.agents`), ``world_model.pt``
 (:func:`vlsafe.world_model.save_world_model`) and ``behavior.pt`` (actor, critics, return
 scales, Lagrange multiplier); loading checks that both files belong to this model and config.
 """
@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from baselines.agent import AgentError, BaseAgent
+from carla_safe_envs.agents import AgentError, BaseAgent
 from carla_safe_envs.bev import downsample
 from vlsafe.configs import (
     DREAMER_PRESETS,

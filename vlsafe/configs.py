@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from baselines.agent import AgentError, config_from_dict
+from carla_safe_envs.agents import AgentError, config_from_dict
 from vlsafe.behavior import AC_PRESETS, ActorCriticConfig
 from vlsafe.world_model import WM_PRESETS, WorldModelConfig
 

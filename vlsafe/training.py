@@ -5,7 +5,7 @@ One :class:`TrainingRun` wraps one ``fit``: every update's losses are averaged o
 ``log_every`` updates into a row of ``<log_dir>/train.csv`` (columns ``update``,
 ``env_steps``, ``seconds`` and the named losses, e.g. ``wm/image``, ``behavior/actor_loss``);
 every ``checkpoint_every`` updates (and before the first) the agent is snapshot in memory and
-saved to ``<log_dir>/checkpoint`` as a complete agent directory (``baselines.load_agent``
+saved to ``<log_dir>/checkpoint`` as a complete agent directory (``carla_safe_envs.agents.load_agent``
 reads it).  A NaN / inf loss restores the last snapshot into the agent and raises
 :class:`TrainingDiverged`, which names the loss term and where the last good checkpoint is.
 """
@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from baselines.agent import AgentError
+from carla_safe_envs.agents import AgentError
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class TrainingRun:
         self.agent.restore(self.snapshot)
         where = (
             f"The last good checkpoint (update {self.snapshot_update}) is in "
-            f"{self.checkpoint_dir} (load it with baselines.load_agent)"
+            f"{self.checkpoint_dir} (load it with carla_safe_envs.agents.load_agent)"
             if self.checkpoint_dir is not None
             else f"The agent was reset to its last good weights (update {self.snapshot_update}); "
             "pass log_dir to keep checkpoints on disk"

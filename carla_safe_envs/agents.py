@@ -1,4 +1,4 @@
-"""The ``Agent`` protocol every model of the comparison table implements, and the registry.
+"""The agent seam: the ``Agent`` protocol every model implements, and where models are found.
 
 An agent is made for one task (``make_agent("ppo", "CarlaLeftTurn-v0", preset="debug")``),
 trained with ``fit`` (online in the environment, or offline from a dataset file), queried with
@@ -9,48 +9,74 @@ package versions, training summary) next to the files the implementation writes.
 
 Implementations subclass :class:`BaseAgent`, which does the bookkeeping (presets, config
 overrides, input checks, the metadata file, round trips) and leaves four methods:
-``_fit``, ``act``, ``_save`` and ``_load``.  The registry maps the model names of DESIGN 6
-(``ppo sac dqn bc cql iql dreamerv3 fosp vlsafe`` and ``expert``) to :class:`AgentSpec`
-entries that name the implementing class by import path, so that listing models never imports
-torch or an RL library.
+``_fit``, ``act``, ``_save`` and ``_load``.  Which models exist and which class implements
+each is the registry (:mod:`carla_safe_envs.agent_registry`, re-exported here: ``AGENTS``,
+``AgentSpec``, ``register``, ``get_spec``, ``TABLE_MODELS``).
+
+This module lives in ``carla_safe_envs`` beside :class:`~carla_safe_envs.evaluation.Policy`
+(the part of the protocol the evaluation loop needs) so that every implementation -- the
+``baselines`` zoo, ``vlsafe``, a model of your own -- depends on it and none owns it; it
+needs numpy and the standard library only (no torch, no RL library).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
-import logging
 import os
 import platform
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from carla_safe_envs.agent_registry import (
+    AGENTS,
+    TABLE_MODELS,
+    ActionMode,
+    AgentError,
+    AgentSpec,
+    Training,
+    get_spec,
+    register,
+)
 from carla_safe_envs.evaluation import Policy
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "AGENTS",
+    "AGENT_FORMAT",
+    "METADATA_FILE",
+    "PRESET_NAMES",
+    "TABLE_MODELS",
+    "ActionMode",
+    "Agent",
+    "AgentError",
+    "AgentSpec",
+    "BaseAgent",
+    "BudgetUnit",
+    "Training",
+    "TrainingHook",
+    "config_from_dict",
+    "get_spec",
+    "load_agent",
+    "make_agent",
+    "read_metadata",
+    "register",
+    "versions",
+]
 
 AGENT_FORMAT = "carla-safe/agent-v1"
 METADATA_FILE = "agent.json"
 PRESET_NAMES: tuple[str, ...] = ("debug", "small", "cpu", "paper")
 
-Training = Literal["online", "offline", "none"]
-ActionMode = Literal["discrete", "continuous"]
 BudgetUnit = Literal["updates", "env_steps"]
 
 #: ``hook(done, total, unit)``: called by ``fit`` when training has reached each of the
 #: evenly spaced points of its budget (``done`` of ``total`` updates or env steps); the agent
 #: can act at that moment (``benchmarks learn-check`` evaluates it there).
 TrainingHook = Callable[[int, int, BudgetUnit], None]
-
-
-class AgentError(ValueError):
-    """A model, preset, dataset or checkpoint that cannot be used; the message says why."""
 
 
 @runtime_checkable
@@ -73,72 +99,6 @@ class Agent(Policy, Protocol):
     ) -> dict[str, Any]: ...
 
     def save(self, path: str | os.PathLike) -> Path: ...
-
-
-@dataclass(frozen=True)
-class AgentSpec:
-    """One registry entry.
-
-    Attributes:
-        name: the model name used everywhere (CLI, result store, tables).
-        target: ``"module:Class"`` of the implementation, imported on first use.
-        training: ``online`` (trains in the env), ``offline`` (trains from a dataset file) or
-            ``none`` (nothing to learn).
-        action_mode: the environment action mode the model acts in.
-        needs_safety: offline training needs the dataset's ``safety`` column (p(s) labels).
-        dataset_optional: an online model that can also be trained from a dataset
-            (DreamerV3's offline option).
-        accepts_discrete_dataset: a continuous-mode offline model that also trains on a
-            discrete-mode dataset, each action index read as its continuous (acc / 3, steer)
-            value (IQL: d3rlpy has no discrete IQL).
-        label: the row name of the seed's comparison table.
-        summary: one line for ``--help`` and the README.
-    """
-
-    name: str
-    target: str
-    training: Training
-    action_mode: ActionMode
-    needs_safety: bool = False
-    dataset_optional: bool = False
-    accepts_discrete_dataset: bool = False
-    label: str = ""
-    summary: str = ""
-
-    def load_class(self) -> type[BaseAgent]:
-        module, _, attr = self.target.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except ImportError as exc:
-            if (exc.name or "").split(".")[0] in ("baselines", "vlsafe"):
-                raise AgentError(
-                    f"model {self.name!r} is not available in this version of carla-safe "
-                    f"({exc.name} is missing)"
-                ) from exc
-            raise AgentError(
-                f"model {self.name!r} needs {exc.name!r}, which is not installed: "
-                "pip install 'carla-safe[rl]' (or `make install`)"
-            ) from exc
-        return cls
-
-
-AGENTS: dict[str, AgentSpec] = {}
-
-
-def register(spec: AgentSpec) -> AgentSpec:
-    """Add ``spec`` to :data:`AGENTS` (an existing name is an error)."""
-    if spec.name in AGENTS:
-        raise AgentError(f"model {spec.name!r} is already registered ({AGENTS[spec.name].target})")
-    AGENTS[spec.name] = spec
-    return spec
-
-
-def get_spec(name: str) -> AgentSpec:
-    """The registry entry of ``name``; an unknown name lists the known ones."""
-    try:
-        return AGENTS[name]
-    except KeyError:
-        raise AgentError(f"unknown model {name!r}; choose one of: {', '.join(AGENTS)}") from None
 
 
 def make_agent(
@@ -417,7 +377,7 @@ class BaseAgent:
         if meta["model"] != cls.name:
             raise AgentError(
                 f"{path} holds a {meta['model']!r} agent, not {cls.name!r}: load it with "
-                "baselines.load_agent(path), which picks the right class"
+                "carla_safe_envs.agents.load_agent(path), which picks the right class"
             )
         agent = cls(
             meta["task"],
@@ -443,106 +403,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-# ------------------------------------------------------------------ the registry
-_ENTRIES = (
-    AgentSpec(
-        "expert",
-        "baselines.expert:ExpertAgent",
-        "none",
-        "discrete",
-        label="Expert",
-        summary="the privileged data-collecting driver (reads the simulator state)",
-    ),
-    AgentSpec(
-        "ppo",
-        "baselines.sb3:PPOAgent",
-        "online",
-        "discrete",
-        label="PPO",
-        summary="stable-baselines3 PPO, CnnPolicy on the BEV, trained in the env",
-    ),
-    AgentSpec(
-        "sac",
-        "baselines.sb3:SACAgent",
-        "online",
-        "continuous",
-        label="SAC",
-        summary="stable-baselines3 SAC on the continuous (acc, steer) mode",
-    ),
-    AgentSpec(
-        "dqn",
-        "baselines.sb3:DQNAgent",
-        "online",
-        "discrete",
-        label="DQN",
-        summary="stable-baselines3 DQN, CnnPolicy on the BEV, trained in the env",
-    ),
-    AgentSpec(
-        "bc",
-        "baselines.offline:BCAgent",
-        "offline",
-        "discrete",
-        label="BC",
-        summary="d3rlpy DiscreteBC on the expert dataset",
-    ),
-    AgentSpec(
-        "cql",
-        "baselines.offline:CQLAgent",
-        "offline",
-        "discrete",
-        label="CQL",
-        summary="d3rlpy DiscreteCQL on the expert dataset",
-    ),
-    AgentSpec(
-        "iql",
-        "baselines.offline:IQLAgent",
-        "offline",
-        "continuous",
-        accepts_discrete_dataset=True,
-        label="IQL",
-        summary="d3rlpy IQL on the continuous-mode expert dataset",
-    ),
-    AgentSpec(
-        "dreamerv3",
-        "vlsafe.agents:DreamerV3Agent",
-        "online",
-        "discrete",
-        dataset_optional=True,
-        label="DreamerV3",
-        summary="DreamerV3 on VL-SAFE's world model, reward only",
-    ),
-    AgentSpec(
-        "fosp",
-        "vlsafe.agents:FOSPAgent",
-        "offline",
-        "discrete",
-        label="FSOP",
-        summary="FOSP: expectile critics, reachability-gated weighting, Lagrangian cost",
-    ),
-    AgentSpec(
-        "vlsafe",
-        "vlsafe.agents:VLSafeAgent",
-        "offline",
-        "discrete",
-        needs_safety=True,
-        label="VL-SAFE",
-        summary="VL-SAFE: safety-aware world model, p(s)-weighted actor",
-    ),
-)
-for _spec in _ENTRIES:
-    register(_spec)
-
-#: The nine models of the seed's comparison table, in its row order.
-TABLE_MODELS: tuple[str, ...] = (
-    "ppo",
-    "sac",
-    "dqn",
-    "bc",
-    "cql",
-    "iql",
-    "dreamerv3",
-    "fosp",
-    "vlsafe",
-)
