@@ -85,6 +85,19 @@ def test_registry_holds_the_table_models_and_the_expert() -> None:
     assert labels == ["PPO", "SAC", "DQN", "BC", "CQL", "IQL", "DreamerV3", "FSOP", "VL-SAFE"]
 
 
+def test_the_old_import_paths_are_the_seam_itself() -> None:
+    """``baselines.agent`` and ``baselines`` re-export :mod:`carla_safe_envs.agents`: the
+    same objects, one registry."""
+    import baselines
+    import baselines.agent
+    import carla_safe_envs.agents as seam
+
+    for name in seam.__all__:
+        assert getattr(baselines.agent, name) is getattr(seam, name), name
+    assert baselines.make_agent is make_agent and baselines.load_agent is load_agent
+    assert baselines.AGENTS is AGENTS is seam.AGENTS
+
+
 @pytest.mark.parametrize("name", list(AGENTS))
 def test_presets_and_names(name: str) -> None:
     cls = agent_class(name)
