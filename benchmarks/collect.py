@@ -1,6 +1,6 @@
 """``python -m benchmarks collect``: drive the expert and write an offline dataset (HDF5).
 
-See :mod:`carla_safe_envs.datasets` for the file schema and :func:`carla_safe_envs.datasets.collect`
+See :mod:`carla_safe_envs.datasets` for the file schema and :func:`carla_safe_envs.collection.collect`
 for how episodes, seeds and noise levels are assigned.
 """
 
@@ -66,7 +66,7 @@ def summarize(path: Path, seconds: float) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from carla_safe_envs.datasets import DEFAULT_NOISE, collect
+    from carla_safe_envs.collection import DEFAULT_NOISE, collect
 
     start = time.perf_counter()
     path = collect(

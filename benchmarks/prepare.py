@@ -3,7 +3,7 @@ and labeled with p(s) when a model needs safety labels.
 
 Datasets are keyed by task, action mode, steps and collection seed
 (:class:`benchmarks.grid.DatasetKey`, which is also the file name), so a restarted or extended
-run reuses them; :func:`carla_safe_envs.datasets.collect` writes each file atomically.  The
+run reuses them; :func:`carla_safe_envs.collection.collect` writes each file atomically.  The
 safety labeler is resolved once per run (:func:`resolve_labeler`): CLIP when its weights are
 on this machine (nothing is downloaded), else the privileged oracle labeler, and the reason
 is kept for the table's caption.
@@ -189,7 +189,8 @@ def _prepare_one(
     progress: bool,
 ) -> PreparedDataset:
     from benchmarks.label import label_dataset
-    from carla_safe_envs.datasets import OfflineDataset, collect
+    from carla_safe_envs.collection import collect
+    from carla_safe_envs.datasets import OfflineDataset
     from vlsafe.labels import make_labeler
 
     if path.is_file():

@@ -25,7 +25,8 @@ def offline_dataset(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
         key = (task, action_mode, steps)
         if key not in cache:
             from benchmarks.label import label_dataset
-            from carla_safe_envs.datasets import OfflineDataset, collect
+            from carla_safe_envs.collection import collect
+            from carla_safe_envs.datasets import OfflineDataset
             from vlsafe.labels import make_labeler
 
             out = tmp_path_factory.mktemp("data") / f"{task}-{action_mode}-{steps}.h5"

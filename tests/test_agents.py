@@ -177,7 +177,7 @@ def test_offline_model_needs_a_fitting_dataset(offline_dataset, tmp_path: Path) 
 
 def test_vlsafe_needs_safety_labels(tmp_path: Path) -> None:
     agent_class("vlsafe")
-    from carla_safe_envs.datasets import collect
+    from carla_safe_envs.collection import collect
 
     path = collect(TASK, 60, tmp_path / "unlabeled.h5", seed=0, progress=False)
     with pytest.raises(AgentError, match="no safety labels.*benchmarks label"):

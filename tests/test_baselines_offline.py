@@ -16,14 +16,13 @@ pytest.importorskip("d3rlpy")
 torch = pytest.importorskip("torch")
 
 import carla_safe_envs  # noqa: E402
+from baselines.d3rlpy_data import dataset_statistics, mdp_dataset, replay_buffer  # noqa: E402
 from baselines.offline import (  # noqa: E402
     MODEL_FILE,
     BCAgent,
     CQLAgent,
     D3rlpyAgent,
     IQLAgent,
-    dataset_statistics,
-    replay_buffer,
     stack_frames,
 )
 from carla_safe_envs.agents import PRESET_NAMES, AgentError, load_agent, make_agent  # noqa: E402
@@ -71,6 +70,28 @@ def bev_batch(n: int, seed: int = 0) -> np.ndarray:
             obs, *_ = env.step(env.action_space.sample())
     env.close()
     return np.stack(frames)
+
+
+# ---------------------------------------------------------------- the d3rlpy data
+@pytest.mark.parametrize("size", [128, 64])
+def test_mdp_dataset_round_trip(discrete_data: Path, size: int) -> None:
+    import d3rlpy
+
+    with OfflineDataset(discrete_data) as data:
+        if size != 128:
+            data.load_frames(size)
+        mdp, costs = mdp_dataset(data)
+        assert np.array_equal(costs, data.costs)
+        assert mdp.size() == data.n_episodes
+        ends = data.episode_bounds()[:, 1] - 1
+        terminated = data.terminals[ends].sum()
+        assert mdp.transition_count == data.n_steps - (data.n_episodes - terminated)
+        first = mdp.episodes[0].observations
+        assert first.shape[1:] == (3, size, size) and first.dtype == np.uint8
+        np.testing.assert_array_equal(first[:3], data.frames([0, 1, 2]).transpose(0, 3, 1, 2))
+    bc = d3rlpy.algos.DiscreteBCConfig(batch_size=4).create(device="cpu:0")
+    logger = d3rlpy.logging.NoopAdapterFactory()  # no d3rlpy_logs/ in the working tree
+    bc.fit(mdp, n_steps=2, n_steps_per_epoch=2, show_progress=False, logger_adapter=logger)
 
 
 # ---------------------------------------------------------------- discrete -> continuous
@@ -287,6 +308,16 @@ def test_config_validation_and_json_round_trip() -> None:
     assert make_agent("bc", TASK, preset="debug", config=meta).config == agent.config
 
 
+@pytest.mark.parametrize("cls", AGENT_CLASSES)
+def test_acc_balance_is_a_field_of_every_offline_config(cls: type[D3rlpyAgent]) -> None:
+    """One field on the shared config: BC's ``cpu`` preset rebalances, every other preset
+    samples uniformly, and a negative power is refused."""
+    for preset, config in cls.presets.items():
+        assert config.acc_balance == (1.0 if (cls.name, preset) == ("bc", "cpu") else 0.0)
+    with pytest.raises(AgentError, match="acc_balance must be >= 0"):
+        make_agent(cls.name, TASK, preset="debug", config={"acc_balance": -1.0})
+
+
 def test_acc_balance_samples_the_three_accelerations_evenly(discrete_data: Path) -> None:
     with OfflineDataset(discrete_data) as data:
         acc = data.actions.astype(int) // 5
@@ -294,7 +325,7 @@ def test_acc_balance_samples_the_three_accelerations_evenly(discrete_data: Path)
         balanced = replay_buffer(
             data, action_mode="discrete", frame_stack=2, task_id=TASK, acc_balance=1.0
         )
-        with pytest.raises(AgentError, match="discrete actions"):
+        with pytest.raises(AgentError, match="holds continuous ones: pass acc_balance 0"):
             replay_buffer(
                 data, action_mode="continuous", frame_stack=1, task_id=TASK, acc_balance=1
             )

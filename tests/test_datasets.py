@@ -1,8 +1,7 @@
-"""Offline datasets: collection, the HDF5 schema, the lazy reader, conversions."""
+"""Offline datasets: collection, the HDF5 schema, the lazy reader, the Minari export."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,8 +12,9 @@ import pytest
 h5py = pytest.importorskip("h5py")
 
 from benchmarks.__main__ import main  # noqa: E402
-from carla_safe_envs import datasets  # noqa: E402
-from carla_safe_envs.datasets import SCHEMA, DatasetError, OfflineDataset, collect  # noqa: E402
+from carla_safe_envs import collection, datasets  # noqa: E402
+from carla_safe_envs.collection import collect  # noqa: E402
+from carla_safe_envs.datasets import SCHEMA, DatasetError, OfflineDataset  # noqa: E402
 
 TASK = "CarlaLeftTurn-v0"
 STEPS = 300
@@ -42,7 +42,7 @@ def test_schema_shapes_and_dtypes(dataset_path: Path) -> None:
         assert int(file.attrs["n_steps"]) == STEPS
         obs = file["observations"]
         assert obs.shape == (STEPS, 128, 128, 3) and obs.dtype == np.uint8
-        assert obs.compression is not None and obs.chunks[0] == datasets.CHUNK_FRAMES
+        assert obs.compression is not None and obs.chunks[0] == collection.CHUNK_FRAMES
         assert file["actions"].shape == (STEPS,) and file["actions"].dtype == np.int64
         for name in ("rewards", "costs", "noise"):
             assert file[name].shape == (STEPS,) and file[name].dtype == np.float32
@@ -103,8 +103,8 @@ class _FailingEnv(gym.Wrapper):
 def test_interrupted_collection_leaves_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
 ) -> None:
-    make_env = datasets._make_env
-    monkeypatch.setattr(datasets, "_make_env", lambda *a: _FailingEnv(make_env(*a), 40))
+    make_env = collection._make_env
+    monkeypatch.setattr(collection, "_make_env", lambda *a: _FailingEnv(make_env(*a), 40))
     out = tmp_path / "x.h5"
     if existing:
         out.write_bytes(b"previous content")
@@ -160,9 +160,6 @@ def test_frames_loaded_at_a_lower_resolution_serve_every_reader(data: OfflineDat
         3,
     )
     assert next(data.iter_frames(16))[1].shape == (16, 64, 64, 3)
-    if importlib.util.find_spec("d3rlpy") is not None:
-        mdp, _ = data.to_d3rlpy()
-        assert mdp.episodes[0].observations.shape[1:] == (3, 64, 64)
 
 
 def test_transitions_next_observation_is_next_step_of_same_episode(data: OfflineDataset) -> None:
@@ -239,21 +236,6 @@ def test_write_column_round_trip_and_interrupted_write(
         datasets.write_column(path, "safety", values[:10])
     with pytest.raises(ValueError, match="reserved"):
         datasets.write_column(path, "costs", values)
-
-
-def test_d3rlpy_round_trip(data: OfflineDataset) -> None:
-    d3rlpy = pytest.importorskip("d3rlpy")
-    mdp, costs = data.to_d3rlpy()
-    assert np.array_equal(costs, data.costs)
-    assert mdp.size() == data.n_episodes
-    ends = data.episode_bounds()[:, 1] - 1
-    terminated = data.terminals[ends].sum()
-    assert mdp.transition_count == data.n_steps - (data.n_episodes - terminated)
-    assert mdp.episodes[0].observations.shape[1:] == (3, 128, 128)
-    assert mdp.episodes[0].observations.dtype == np.uint8
-    bc = d3rlpy.algos.DiscreteBCConfig(batch_size=4).create(device="cpu:0")
-    logger = d3rlpy.logging.NoopAdapterFactory()  # no d3rlpy_logs/ in the working tree
-    bc.fit(mdp, n_steps=2, n_steps_per_epoch=2, show_progress=False, logger_adapter=logger)
 
 
 def test_minari_round_trip(tmp_path: Path, data: OfflineDataset) -> None:
