@@ -122,6 +122,39 @@ def test_density_sets_traffic_and_explicit_options_win() -> None:
     assert counts == [20, 50, 100]
     task = gym.make("CarlaNavigation-v0", density="high", num_vehicles=7).unwrapped.task
     assert (task.options.num_vehicles, task.options.traffic_speed) == (7, 5.0)
+    assert task.options.traffic_spacing == 7.0
+    task = gym.make("CarlaFourLane-v0", density="high", traffic_spacing=12.0).unwrapped.task
+    assert (task.options.num_vehicles, task.options.traffic_spacing) == (100, 12.0)
+
+
+def _spawned_around_ego(**kwargs) -> tuple[int, float]:
+    """Vehicles within 40 m of the ego at reset, and the least centre distance between two."""
+    env = gym.make("CarlaFourLane-v0", render_observation=False, **kwargs)
+    env.reset(seed=1000)
+    snap = env.unwrapped.snapshot
+    xy = snap.others[:, :2]
+    near = int((np.hypot(*(xy - snap.ego[:2]).T) < 40.0).sum())
+    d = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
+    env.close()
+    return near, float(d[np.triu_indices(len(xy), k=1)].min())
+
+
+def test_high_density_spawns_closer_and_crowds_the_ego() -> None:
+    base_near, base_gap = _spawned_around_ego(density="base")
+    high_near, high_gap = _spawned_around_ego(density="high")
+    sparse_near, sparse_gap = _spawned_around_ego(density="high", traffic_spacing=12.0)
+    # the spawner keeps each level's spacing between every two centres...
+    assert base_gap >= 12.0 and sparse_gap >= 12.0 and 7.0 <= high_gap < 12.0
+    # ...and only the closer spacing puts the extra vehicles near the ego
+    assert high_near >= 1.5 * base_near
+    assert high_near > sparse_near
+
+
+def test_traffic_spacing_must_be_positive() -> None:
+    from carla_safe_envs.backends.base import TrafficSpec
+
+    with pytest.raises(ValueError, match="spacing must be > 0"):
+        TrafficSpec(kind="autopilot", count=3, spacing=0.0)
 
 
 def test_density_scales_the_difficulty_gaps() -> None:

@@ -54,7 +54,8 @@ class TrafficSpec:
       ``"none"``      no other vehicles.
       ``"autopilot"`` ``count`` vehicles that follow lanes with car-following and lane
                       changes, spawned on ``lanes`` (lane indices of the RoadMap) within
-                      ``radius`` metres of the ego start, and kept around the ego.
+                      ``radius`` metres of the ego start, and kept around the ego;
+                      no spawn closer than ``spacing`` [m] to another vehicle (centres).
       ``"flow"``      a stream of vehicles entering at ``spawn`` and following the
                       straightest lane path from there, with bumper-to-bumper gaps drawn
                       uniformly from ``gap`` [m]; ``gap=None`` spawns nothing ("simple").
@@ -66,6 +67,7 @@ class TrafficSpec:
     count: int = 0
     lanes: tuple[int, ...] = ()
     radius: float = 150.0  # [m]
+    spacing: float = 12.0  # least centre distance of a spawned autopilot car to any other [m]
     lane_changes: bool = True
     spawn: Pose | None = None
     gap: tuple[float, float] | None = None  # [m]
@@ -80,6 +82,8 @@ class TrafficSpec:
             raise ValueError(
                 f"unknown traffic kind {self.kind!r}: expected one of {list(TRAFFIC_KINDS)}"
             )
+        if not self.spacing > 0.0:
+            raise ValueError(f"traffic spacing must be > 0 m, got {self.spacing}")
 
 
 @dataclass(frozen=True)

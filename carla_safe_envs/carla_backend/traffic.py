@@ -4,7 +4,7 @@ The spec means the same as in the embedded simulator; only the drivers differ (C
 manager instead of IDM / MOBIL).  Spawn positions come from the shared compiled map and every
 random choice from the episode's generator:
 
-* ``autopilot``: ``count`` cars on free points of ``lanes`` (12 m apart, 10 m..``radius`` from
+* ``autopilot``: ``count`` cars on free points of ``lanes`` (``spacing`` apart, 10 m..``radius`` from
   the ego, on its road level), driven by the traffic manager at 0.7-1.2 x ``speed`` with lane
   changes as ``lane_changes`` says, obeying traffic lights; every 2 s the cars further than
   ``radius`` from the ego are destroyed and re-spawned at least 40 m away (out of the BEV).
@@ -40,7 +40,6 @@ from carla_safe_envs.route import lane_polyline, resample, straightest_successor
 log = logging.getLogger(__name__)
 
 TRAFFIC_ROLE = "carla_safe_traffic"  # role_name of every background vehicle we spawn
-SPAWN_SPACING = 12.0  # minimum distance between a new vehicle and any other [m]
 MIN_EGO_DISTANCE = 10.0  # autopilot vehicles spawn at least this far from the ego [m]
 VIEW_CLEARANCE = 40.0  # re-spawns happen at least this far from the ego (outside the BEV) [m]
 RESPAWN_PERIOD = 20  # steps between re-spawns of far autopilot vehicles (2 s)
@@ -133,7 +132,7 @@ class CarlaTraffic:
             if n <= 0:
                 break
             q = road.pts[j].astype(np.float64)
-            if np.any(((taken - q[:2]) ** 2).sum(1) < SPAWN_SPACING**2):
+            if np.any(((taken - q[:2]) ** 2).sum(1) < spec.spacing**2):
                 continue
             speed = float(self.rng.uniform(*SPEED_SPREAD)) * spec.speed
             pose = Pose(float(q[0]), float(q[1]), float(road.yaw[j]), z=float(q[2]))

@@ -69,7 +69,6 @@ assert MOBIL_PERIOD % DECISION_PERIOD == 0
 LATERAL_SPEED = 1.2  # [m/s] a 3.5 m lane change takes ~3 s...
 LATERAL_PER_FORWARD = 0.3  # ...and at least ~12 m of travel: lateral <= 0.3 x forward speed
 SWEEP_TIME, SWEEP_MIN = 1.5, 4.0  # traffic yields to the ego's next 1.5 s of travel [s, m]
-SPAWN_SPACING = 12.0  # minimum centre distance between a spawned vehicle and any other [m]
 RESPAWN_PERIOD = 20  # far vehicles are re-spawned every 20 steps (2 s)
 VIEW_CLEARANCE = 40.0  # re-spawns happen at least this far from the ego (outside the BEV) [m]
 
@@ -183,7 +182,7 @@ class Traffic:
                 tries = pool[self.rng.integers(len(pool), size=16)]
                 q = road.pts[tries, :2].astype(np.float64)
                 d2 = ((q[:, None, :] - taken[None, :, :]) ** 2).sum(-1)
-                free = (d2 >= SPAWN_SPACING**2).all(axis=1)
+                free = (d2 >= self.spec.spacing**2).all(axis=1)
                 if not free.any():
                     break  # this pool is full around the ego
                 j = int(tries[np.argmax(free)])
