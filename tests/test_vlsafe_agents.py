@@ -8,6 +8,8 @@ import dataclasses
 import json
 import math
 import shutil
+import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,7 @@ from vlsafe.behavior import (  # noqa: E402
     vlsafe_weights,
     weighted_nll,
 )
-from vlsafe.configs import VLSAFE_PRESETS, compose_config  # noqa: E402
+from vlsafe.configs import FOSP_PRESETS, VLSAFE_PRESETS, compose_config  # noqa: E402
 from vlsafe.learners import DataBatch, dataset_returns  # noqa: E402
 from vlsafe.online import MixedSource, SequenceReplay  # noqa: E402
 from vlsafe.training import TrainingDiverged  # noqa: E402
@@ -74,11 +76,11 @@ def test_vlsafe_weights_reduce_to_each_branch_and_mix_as_computed_by_hand() -> N
     adv_r = torch.tensor([-1.0, 0.0, 0.5, 2.0])
     adv_c = torch.tensor([1.0, -0.5, 0.0, 3.0])
     ones, zeros = torch.ones(4), torch.zeros(4)
-    # p = 1: pure reward-advantage weighting exp(beta1 A^r)
-    w = vlsafe_weights(ones, adv_r, adv_c, beta1=0.7, beta2=2.0, clip=100.0)
+    # p = 1: pure reward-advantage weighting exp(beta_r A^r)
+    w = vlsafe_weights(ones, adv_r, adv_c, beta_r=0.7, beta_c=2.0, clip=100.0)
     torch.testing.assert_close(w, torch.exp(0.7 * adv_r))
-    # p = 0: pure cost-advantage weighting exp(-beta2 A^c)
-    w = vlsafe_weights(zeros, adv_r, adv_c, beta1=0.7, beta2=2.0, clip=1e6)
+    # p = 0: pure cost-advantage weighting exp(-beta_c A^c)
+    w = vlsafe_weights(zeros, adv_r, adv_c, beta_r=0.7, beta_c=2.0, clip=1e6)
     torch.testing.assert_close(w, torch.exp(-2.0 * adv_c))
     # a mixed case by hand: 0.25 e^(2 * 0.5) + 0.75 e^(-0.5 * -1) = 0.25 e + 0.75 e^0.5
     w = vlsafe_weights(torch.tensor(0.25), torch.tensor(0.5), torch.tensor(-1.0), 2.0, 0.5, 20.0)
@@ -88,7 +90,7 @@ def test_vlsafe_weights_reduce_to_each_branch_and_mix_as_computed_by_hand() -> N
 
 def test_vlsafe_weights_clip_each_branch_without_overflow() -> None:
     w = vlsafe_weights(torch.tensor([1.0, 0.0, 0.5]), torch.tensor([10.0, 1e4, 1e4]),
-                       torch.tensor([0.0, -1e4, 0.0]), beta1=1.0, beta2=1.0, clip=20.0)  # fmt: skip
+                       torch.tensor([0.0, -1e4, 0.0]), beta_r=1.0, beta_c=1.0, clip=20.0)  # fmt: skip
     torch.testing.assert_close(w, torch.tensor([20.0, 20.0, 0.5 * 20.0 + 0.5 * 1.0]))
     assert torch.isfinite(w).all()
     with pytest.raises(ValueError, match="clip"):
@@ -118,7 +120,7 @@ def test_weighted_likelihood_moves_the_actor_towards_the_branch_p_selects(
     feat = torch.ones(2, 4)  # the same state twice
     actions = torch.nn.functional.one_hot(torch.tensor([0, 1]), 15).float()
     adv_r, adv_c = torch.tensor([1.0, -1.0]), torch.tensor([1.0, -1.0])
-    weights = vlsafe_weights(torch.full((2,), p), adv_r, adv_c, beta1=1.0, beta2=1.0, clip=20.0)
+    weights = vlsafe_weights(torch.full((2,), p), adv_r, adv_c, beta_r=1.0, beta_c=1.0, clip=20.0)
     for _ in range(200):
         optimizer.zero_grad()
         weighted_nll(actor(feat).log_prob(actions), weights).backward()
@@ -328,17 +330,49 @@ def test_configs_compose_world_model_presets_and_nested_overrides() -> None:
             WM_PRESETS[preset], horizon=15
         )
     base = VLSAFE_PRESETS["debug"]
-    dotted = compose_config(base, {"world_model.lr": 5e-4, "actor_critic.gamma": 0.9, "beta1": 2})
+    dotted = compose_config(base, {"world_model.lr": 5e-4, "actor_critic.gamma": 0.9,
+                                   "weighted_actor.beta_r": 2})  # fmt: skip
     nested = compose_config(base, {"world_model": {"lr": 5e-4}, "actor_critic": {"gamma": 0.9},
-                                   "beta1": 2})  # fmt: skip
-    assert dotted == nested and dotted.world_model.lr == 5e-4 and dotted.beta1 == 2
+                                   "weighted_actor": {"beta_r": 2}})  # fmt: skip
+    assert dotted == nested and dotted.world_model.lr == 5e-4
+    assert dotted.weighted_actor.beta_r == 2 and dotted.weighted_actor.beta_c == 1.0
     assert compose_config(base, dataclasses.asdict(dotted)) == dotted  # agent.json round trip
     with pytest.raises(AgentError, match="unknown config field.*WorldModelConfig.*deter"):
         compose_config(base, {"world_model.detr": 8})
-    with pytest.raises(AgentError, match="unknown config field.*beta1"):
+    with pytest.raises(AgentError, match="unknown config field.*weighted_actor"):
         compose_config(base, {"beta3": 1.0})
-    with pytest.raises(AgentError, match="unknown config field 'beta1'.*nested configs"):
-        compose_config(base, {"beta1.x": 1.0})
+    with pytest.raises(AgentError, match="unknown config field 'beta3'.*nested configs"):
+        compose_config(base, {"beta3.x": 1.0})
+    with pytest.raises(AgentError, match="adv_norm must be 'std' or 'none'"):
+        compose_config(base, {"weighted_actor.adv_norm": "mean"})
+
+
+@pytest.mark.parametrize(
+    ("presets", "old", "new"),
+    [
+        (VLSAFE_PRESETS, "beta1", "beta_r"),
+        (VLSAFE_PRESETS, "beta2", "beta_c"),
+        (FOSP_PRESETS, "beta_r", "beta_r"),
+        (FOSP_PRESETS, "beta_c", "beta_c"),
+        (VLSAFE_PRESETS, "imag_actor_scale", "imag_actor_scale"),
+        (FOSP_PRESETS, "weight_clip", "weight_clip"),
+    ],
+)
+def test_renamed_config_keys_are_read_with_a_deprecation_warning(
+    presets: dict, old: str, new: str
+) -> None:
+    base = presets["debug"]
+    with pytest.warns(DeprecationWarning, match=f"'{old}' -> 'weighted_actor.{new}'"):
+        config = compose_config(base, {old: 0.5})
+    assert getattr(config.weighted_actor, new) == 0.5
+    assert config == compose_config(base, {f"weighted_actor.{new}": 0.5})
+    with pytest.warns(DeprecationWarning):  # the same value under both names is fine
+        assert compose_config(base, {old: 0.5, f"weighted_actor.{new}": 0.5}) == config
+    with pytest.raises(AgentError, match="keep only"):
+        compose_config(base, {old: 0.5, "weighted_actor": {new: 2.0}})
+    for config_class in (type(VLSAFE_PRESETS["debug"]), type(FOSP_PRESETS["debug"])):
+        fields = {f.name for f in dataclasses.fields(config_class)}
+        assert not set(config_class.RENAMED_KEYS) & fields  # old names are no fields
     with pytest.raises(AgentError, match="seq_len must be >= 2"):
         compose_config(base, {"world_model": {"seq_len": 1}})
 
@@ -438,6 +472,58 @@ def test_save_load_gives_identical_actions_over_an_episode(name: str, trained: d
         agent.act(obs.astype(np.float32))
 
 
+#: a weighting with no default value, so that a wrong old -> new mapping shows
+WEIGHTING = {"beta_r": 0.7, "beta_c": 1.3, "weight_clip": 15.0, "adv_norm": "none",
+             "adv_std_min": 0.2, "dataset_actor_scale": 0.9, "imag_actor_scale": 0.4}  # fmt: skip
+#: the names those fields had, flat in the agent's config, before WeightedActorConfig
+OLD_NAMES = {
+    "vlsafe": {"beta_r": "beta1", "beta_c": "beta2"},
+    "fosp": {"beta_r": "beta_r", "beta_c": "beta_c"},
+}
+
+
+def to_old_keys(name: str, config: dict) -> dict:
+    """A saved config as the agents wrote it before the weighted actor was nested."""
+    old = {k: v for k, v in config.items() if k != "weighted_actor"}
+    for field, value in config["weighted_actor"].items():
+        old[OLD_NAMES[name].get(field, field)] = value
+    return old
+
+
+@pytest.mark.parametrize("name", ["vlsafe", "fosp"])
+def test_a_model_directory_in_the_old_config_format_loads_and_acts_the_same(
+    name: str, tmp_path: Path
+) -> None:
+    agent = make_agent(name, TASK, preset="debug", seed=3, config={"weighted_actor": WEIGHTING})
+    root = agent.save(tmp_path / "old")
+    meta = json.loads((root / "agent.json").read_text())
+    meta["config"] = to_old_keys(name, meta["config"])
+    assert "weighted_actor" not in meta["config"] and "imag_actor_scale" in meta["config"]
+    (root / "agent.json").write_text(json.dumps(meta))
+    payload = torch.load(root / "behavior.pt", weights_only=True)
+    payload["config"] = to_old_keys(name, payload["config"])
+    torch.save(payload, root / "behavior.pt")
+
+    first = "'beta1' -> 'weighted_actor.beta_r'" if name == "vlsafe" else "'beta_r' -> "
+    with pytest.warns(DeprecationWarning, match=first) as caught:
+        loaded = load_agent(root)
+    assert len([w for w in caught if w.category is DeprecationWarning]) == 1
+    assert "'imag_actor_scale' -> 'weighted_actor.imag_actor_scale'" in str(caught[0].message)
+    assert loaded.config == agent.config and asdict(loaded.config.weighted_actor) == WEIGHTING
+    obs = frames(4, seed=5)
+    state_a = state_b = None
+    for t in range(3):
+        a, state_a = agent.act(obs[t : t + 2], state_a, None, deterministic=True)
+        b, state_b = loaded.act(obs[t : t + 2], state_b, None, deterministic=True)
+        np.testing.assert_array_equal(a, b)
+    # saving again writes the new keys, which load without a warning
+    loaded.save(root)
+    assert json.loads((root / "agent.json").read_text())["config"]["weighted_actor"] == WEIGHTING
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        assert load_agent(root).config == agent.config
+
+
 def test_checkpoint_of_another_model_or_config_is_refused(trained: dict, tmp_path: Path) -> None:
     _, _, vlsafe_root = trained["vlsafe"]
     _, _, fosp_root = trained["fosp"]
@@ -449,11 +535,11 @@ def test_checkpoint_of_another_model_or_config_is_refused(trained: dict, tmp_pat
     edited = tmp_path / "edited"
     shutil.copytree(vlsafe_root / "model", edited)
     meta = json.loads((edited / "agent.json").read_text())
-    meta["config"]["beta1"] = 5.0
+    meta["config"]["weighted_actor"]["beta_r"] = 5.0
     (edited / "agent.json").write_text(json.dumps(meta))
-    with pytest.raises(AgentError, match="another config.*beta1"):
+    with pytest.raises(AgentError, match="another config.*weighted_actor.beta_r"):
         load_agent(edited)
-    meta["config"]["beta1"] = VLSAFE_PRESETS["debug"].beta1
+    meta["config"]["weighted_actor"]["beta_r"] = VLSAFE_PRESETS["debug"].weighted_actor.beta_r
     meta["config"]["world_model"]["deter"] = 64
     (edited / "agent.json").write_text(json.dumps(meta))
     with pytest.raises(AgentError, match="another config.*world_model.deter"):

@@ -7,8 +7,8 @@ All three share one world model (:mod:`vlsafe.world_model`), one actor-critic to
 ==========  ===================  ==========================================================
 model       trains               actor update
 ==========  ===================  ==========================================================
-vlsafe      offline (dataset     pi* = w pi_b / Z, w = p(s) exp(beta1 A^r) + (1 - p(s))
-            with safety labels)  exp(-beta2 A^c): weighted likelihood of behaviour actions
+vlsafe      offline (dataset     pi* = w pi_b / Z, w = p(s) exp(beta_r A^r) + (1 - p(s))
+            with safety labels)  exp(-beta_c A^c): weighted likelihood of behaviour actions
 dreamerv3   online in the env    REINFORCE on imagined lambda-returns, entropy bonus
             (or from a dataset)
 fosp        offline, optional    reachability-gated advantage weighting with expectile
@@ -49,6 +49,7 @@ from vlsafe.configs import (
     VLSafeConfig,
     WorldModelAgentConfig,
     compose_config,
+    upgrade_keys,
 )
 from vlsafe.learners import DataBatch, DreamerLearner, FOSPLearner, Learner, VLSafeLearner
 from vlsafe.nets import action_dim
@@ -350,7 +351,8 @@ class WorldModelAgent(BaseAgent):
                 f"{files[1]} holds the actor-critic of a {payload['model']!r} agent, not "
                 f"{self.name!r}: the directory mixes files of different models"
             )
-        diff = _differences(payload["config"], asdict(self.config))
+        saved = upgrade_keys(type(self.config), payload["config"], warn=False)  # agent.json warned
+        diff = _differences(saved, asdict(self.config))
         if diff:
             raise AgentError(
                 f"{files[1]} was trained with another config than {path / 'agent.json'} "

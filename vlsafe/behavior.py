@@ -438,9 +438,10 @@ def normalize_advantage(adv: Tensor, mode: str, floor: float, mask: Tensor | Non
 
 
 def vlsafe_weights(
-    p: Tensor, adv_r: Tensor, adv_c: Tensor, beta1: float, beta2: float, clip: float
+    p: Tensor, adv_r: Tensor, adv_c: Tensor, beta_r: float, beta_c: float, clip: float
 ) -> Tensor:
-    """VL-SAFE's policy weight w = p exp(beta1 A^r) + (1 - p) exp(-beta2 A^c).
+    """VL-SAFE's policy weight w = p exp(beta_r A^r) + (1 - p) exp(-beta_c A^c) (the poster's
+    beta1, beta2).
 
     The actor is fitted to pi* = w pi_b / Z: a safe state (p(s) -> 1) imitates the
     behaviour actions in proportion to their reward advantage, an unsafe one (p -> 0) in
@@ -451,8 +452,8 @@ def vlsafe_weights(
     if clip <= 0:
         raise ValueError(f"the weight clip must be > 0, got {clip}")
     log_clip = math.log(clip)
-    reward_branch = torch.exp((beta1 * adv_r).clamp(max=log_clip))
-    cost_branch = torch.exp((-beta2 * adv_c).clamp(max=log_clip))
+    reward_branch = torch.exp((beta_r * adv_r).clamp(max=log_clip))
+    cost_branch = torch.exp((-beta_c * adv_c).clamp(max=log_clip))
     return p * reward_branch + (1 - p) * cost_branch
 
 

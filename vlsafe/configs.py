@@ -2,20 +2,28 @@
 
 A config is one frozen dataclass holding the world-model config (``world_model``,
 :class:`vlsafe.world_model.WorldModelConfig`), the actor-critic config (``actor_critic``,
-:class:`vlsafe.behavior.ActorCriticConfig`) and the agent's own fields.  The ``debug`` /
-``small`` / ``paper`` presets compose :data:`vlsafe.world_model.WM_PRESETS` and
+:class:`vlsafe.behavior.ActorCriticConfig`), for VL-SAFE and FOSP the weighted actor
+(``weighted_actor``, :class:`WeightedActorConfig`) and the agent's own fields.  The ``debug`` /
+``small`` / ``cpu`` / ``paper`` presets compose :data:`vlsafe.world_model.WM_PRESETS` and
 :data:`vlsafe.behavior.AC_PRESETS` of the same name with a training budget.
 :func:`compose_config` applies overrides, nested (``{"world_model": {"lr": 1e-4}}``) or
 dotted (``{"world_model.lr": 1e-4}``, as ``--config world_model.lr=1e-4`` gives them); unknown
 keys raise.
+
+Renamed keys.  Before the weighted actor became one nested config, ``VLSafeConfig`` had
+``beta1``, ``beta2`` and ``FOSPConfig`` ``beta_r``, ``beta_c``, both beside ``weight_clip``,
+``adv_norm``, ``adv_std_min``, ``dataset_actor_scale`` and ``imag_actor_scale``.  Each config
+class lists its old keys in ``RENAMED_KEYS``; :func:`upgrade_keys` reads them as the new ones
+with a :class:`DeprecationWarning` naming both, so an ``agent.json`` saved before still loads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from carla_safe_envs.agents import AgentError, config_from_dict
 from vlsafe.behavior import AC_PRESETS, ActorCriticConfig
@@ -57,20 +65,23 @@ class WorldModelAgentConfig:
 
 
 @dataclass(frozen=True)
-class VLSafeConfig(WorldModelAgentConfig):
-    """VL-SAFE: w = p(s) exp(beta1 A^r) + (1 - p(s)) exp(-beta2 A^c), pi* = w pi_b / Z.
+class WeightedActorConfig:
+    """The weighted-likelihood actor shared by VL-SAFE and FOSP
+    (:class:`~vlsafe.learners.WeightedActorLearner`): pi* = w pi_b / Z with
 
-    The poster fixes the weight formula, imagined rollouts of horizon 15 from dataset
-    posterior states, critics on lambda-returns and clipped weights.  Every other choice is a
-    field here, with the reasoning:
+        w = p exp(beta_r A^r) + (1 - p) exp(-beta_c A^c)
+
+    (:func:`vlsafe.behavior.vlsafe_weights`).  VL-SAFE's p is the safety probability p(s)
+    (the poster's beta1, beta2 are ``beta_r``, ``beta_c``); FOSP's p is its feasibility gate
+    and its A^r the priced advantage A^r - lambda A^c.
 
     Attributes:
-        beta1: inverse temperature of the reward branch, in units of the advantage's batch
+        beta_r: inverse temperature of the reward branch, in units of the advantage's batch
             standard deviation (``adv_norm="std"``): 1 makes a one-sigma better action e
             (2.7) times as likely, a moderate AWR-like sharpening that keeps the policy close
             to the data it was fitted on.
-        beta2: the same for the cost branch (lower cost -> larger weight).  Equal to beta1 so
-            that p(s) = 0.5 treats reward and cost symmetrically.
+        beta_c: the same for the cost branch (lower cost -> larger weight).  Equal to
+            ``beta_r`` so that p = 0.5 treats reward and cost symmetrically.
         weight_clip: upper bound of each exponential (AWR uses 20): one lucky sample cannot
             dominate a batch, and exp never overflows.
         adv_norm: ``"std"`` divides A^r and A^c by their batch standard deviation (at least
@@ -81,6 +92,54 @@ class VLSafeConfig(WorldModelAgentConfig):
         adv_std_min: floor of that scale [reward / cost units]: in a batch without cost
             events A^c is critic noise, which the floor keeps small (weights ~ 1, i.e.
             behaviour cloning) instead of blowing it up to unit scale.
+        dataset_actor_scale: weight of the dataset term: the recorded (expert) actions on
+            dataset states.  It keeps the actor on the data's support, the point of offline
+            training.
+        imag_actor_scale: weight of the imagined term: the actor's own sampled actions on
+            imagined states (behaviour policy = the current actor), p from the world model
+            (VL-SAFE: its safety head), advantages from lambda-returns.  The poster uses
+            imagined rollouts "along with predicted safety estimations for actor-critic
+            learning", so they contribute by default; 0 gives pure dataset weighting.
+    """
+
+    beta_r: float = 1.0
+    beta_c: float = 1.0
+    weight_clip: float = 20.0
+    adv_norm: str = "std"
+    adv_std_min: float = 0.1
+    dataset_actor_scale: float = 1.0
+    imag_actor_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.adv_norm not in ("std", "none"):
+            raise ValueError(f"adv_norm must be 'std' or 'none', got {self.adv_norm!r}")
+        if self.weight_clip <= 0 or self.adv_std_min <= 0:
+            raise ValueError(
+                f"weight_clip and adv_std_min must be > 0, got {self.weight_clip}, "
+                f"{self.adv_std_min}"
+            )
+        if min(self.beta_r, self.beta_c, self.dataset_actor_scale, self.imag_actor_scale) < 0:
+            raise ValueError("beta_r, beta_c and the two actor scales must be >= 0")
+
+
+#: The keys both agents' configs had flat before :class:`WeightedActorConfig`.
+_MOVED_TO_WEIGHTED_ACTOR = {
+    key: f"weighted_actor.{key}"
+    for key in ("weight_clip", "adv_norm", "adv_std_min", "dataset_actor_scale", "imag_actor_scale")
+}
+
+
+@dataclass(frozen=True)
+class VLSafeConfig(WorldModelAgentConfig):
+    """VL-SAFE: w = p(s) exp(beta_r A^r) + (1 - p(s)) exp(-beta_c A^c), pi* = w pi_b / Z.
+
+    The poster fixes the weight formula, imagined rollouts of horizon 15 from dataset
+    posterior states, critics on lambda-returns and clipped weights.  Every other choice is a
+    field here, with the reasoning:
+
+    Attributes:
+        weighted_actor: the actor's weighting (:class:`WeightedActorConfig`; p = p(s), from
+            the dataset's labels on dataset states and the safety head on imagined ones).
         dataset_lambda: how A is estimated on dataset states: TD(lambda) along the dataset
             window with the dataset's own rewards / costs, minus V.  0 (default) is the
             one-step advantage r + gamma V(s') - V(s) of the recorded action under the
@@ -88,28 +147,20 @@ class VLSafeConfig(WorldModelAgentConfig):
             w pi_b / Z (AWR / AWAC) calls for, with exact rewards and no model error.  Larger
             values follow the behaviour policy's own future (AWR's TD(lambda), lower variance
             but the behaviour's advantage).
-        dataset_actor_scale: weight of the dataset term: the recorded (expert) actions on
-            dataset states, p(s) from the dataset's labels.  It keeps the actor on the data's
-            support, the point of offline training.
-        imag_actor_scale: weight of the imagined term: the actor's own sampled actions on
-            imagined states (behaviour policy = the current actor), p(s) from the world
-            model's safety head, advantages from lambda-returns.  The poster uses imagined
-            rollouts "along with predicted safety estimations for actor-critic learning", so
-            they contribute by default; 0 gives pure dataset weighting.
 
     Critics: V^r and V^c are trained on imagined lambda-returns only (reward and cost heads
     along the rollout, ``actor_critic.gamma`` / ``cost_gamma``, ``lam``), bootstrapped from
     their slow EMA copies, as DreamerV3.
     """
 
-    beta1: float = 1.0
-    beta2: float = 1.0
-    weight_clip: float = 20.0
-    adv_norm: str = "std"
-    adv_std_min: float = 0.1
+    weighted_actor: WeightedActorConfig = field(default_factory=WeightedActorConfig)
     dataset_lambda: float = 0.0
-    dataset_actor_scale: float = 1.0
-    imag_actor_scale: float = 1.0
+
+    RENAMED_KEYS: ClassVar[Mapping[str, str]] = {
+        "beta1": "weighted_actor.beta_r",
+        "beta2": "weighted_actor.beta_c",
+        **_MOVED_TO_WEIGHTED_ACTOR,
+    }
 
 
 @dataclass(frozen=True)
@@ -151,11 +202,10 @@ class FOSPConfig(WorldModelAgentConfig):
             lambda-return from the start states): 0.02 = 10 unsafe steps per 500 steps.
         multiplier_init, penalty_init, penalty_growth: the augmented Lagrangian's lambda_0,
             mu_0 and the per-update growth of mu (SafeDreamer's 1e-5).
-        beta_r, beta_c, weight_clip, adv_norm, adv_std_min: as VL-SAFE's beta1, beta2, ...
-            for the feasible (reward) and infeasible (cost) branches.
-        dataset_actor_scale, imag_actor_scale: weights of the dataset and imagined actor
-            terms (FOSP trains its actor on imagined rollouts; the dataset term is its
-            in-sample part).
+        weighted_actor: the actor's weighting (:class:`WeightedActorConfig`; p = the
+            feasibility gate: the reward branch for feasible states, the cost branch for
+            infeasible ones; FOSP trains its actor on imagined rollouts, the dataset term is
+            its in-sample part).
         imag_critic_scale: weight of the critic losses on imagined rollouts (Q on
             lambda-returns, V on the imagined actions) beside the in-sample ones.
         online_steps: env steps of online fine-tuning after the offline phase (0: none).
@@ -173,18 +223,18 @@ class FOSPConfig(WorldModelAgentConfig):
     multiplier_init: float = 0.0
     penalty_init: float = 5e-3
     penalty_growth: float = 1e-5
-    beta_r: float = 1.0
-    beta_c: float = 1.0
-    weight_clip: float = 20.0
-    adv_norm: str = "std"
-    adv_std_min: float = 0.1
-    dataset_actor_scale: float = 1.0
-    imag_actor_scale: float = 1.0
+    weighted_actor: WeightedActorConfig = field(default_factory=WeightedActorConfig)
     imag_critic_scale: float = 1.0
     online_steps: int = 0
     online_train_ratio: float = 64.0
     online_dataset_fraction: float = 0.5
     replay_capacity: int = 50_000
+
+    RENAMED_KEYS: ClassVar[Mapping[str, str]] = {
+        "beta_r": "weighted_actor.beta_r",
+        "beta_c": "weighted_actor.beta_c",
+        **_MOVED_TO_WEIGHTED_ACTOR,
+    }
 
 
 def _base(preset: str) -> dict[str, Any]:
@@ -233,11 +283,13 @@ def compose_config(base: Any, overrides: Mapping[str, Any] | None) -> Any:
     """``base`` (a frozen dataclass, possibly nesting others) with ``overrides`` applied.
 
     Keys are field names; a nested config takes a dict (``{"world_model": {"lr": 1e-4}}``) or
-    dotted keys (``{"world_model.lr": 1e-4}``).  Unknown keys raise :class:`AgentError` listing
-    the valid ones; invalid values raise it with the config's own message.
+    dotted keys (``{"world_model.lr": 1e-4}``).  Renamed keys are read as their new names
+    (:func:`upgrade_keys`).  Unknown keys raise :class:`AgentError` listing the valid ones;
+    invalid values raise it with the config's own message.
     """
     if not overrides:
         return base
+    overrides = upgrade_keys(type(base), overrides)
     nested: dict[str, dict[str, Any]] = {}
     flat: dict[str, Any] = {}
     for key, value in overrides.items():
@@ -267,3 +319,44 @@ def compose_config(base: Any, overrides: Mapping[str, Any] | None) -> Any:
         raise AgentError(
             f"invalid {type(base).__name__} override {dict(overrides)}: {error}"
         ) from error
+
+
+_MISSING = object()
+
+
+def upgrade_keys(
+    config_class: type, values: Mapping[str, Any], *, warn: bool = True
+) -> dict[str, Any]:
+    """``values`` (overrides or a whole saved config of ``config_class``) with the keys the
+    class lists in ``RENAMED_KEYS`` (old key -> dotted path of a nested config's field) moved
+    to their new place
+    (``{"beta1": 2}`` -> ``{"weighted_actor": {"beta_r": 2}}``); one
+    :class:`DeprecationWarning` names every old and new key (``warn=False``: none).  An old
+    key given together with its new one at another value is an :class:`AgentError`."""
+    renamed: Mapping[str, str] = getattr(config_class, "RENAMED_KEYS", {})
+    old_keys = [key for key in values if key in renamed]
+    if not old_keys:
+        return dict(values)
+    out = {key: value for key, value in values.items() if key not in renamed}
+    for key in old_keys:
+        new = renamed[key]
+        head, _, rest = new.partition(".")
+        part = out.get(head, {})
+        part = dict(dataclasses.asdict(part) if dataclasses.is_dataclass(part) else part)
+        given = out.get(new, part.get(rest, _MISSING))
+        if given is not _MISSING and given != values[key]:
+            raise AgentError(
+                f"{config_class.__name__} config gives {key!r} = {values[key]!r} (the old name "
+                f"of {new!r}) and {new!r} = {given!r}; keep only {new!r}"
+            )
+        part[rest] = values[key]
+        out[head] = part
+    if warn:
+        pairs = ", ".join(f"{key!r} -> {renamed[key]!r}" for key in old_keys)
+        warnings.warn(
+            f"{config_class.__name__}: renamed config keys read as their new names ({pairs}); "
+            "use the new names (an old agent directory: load_agent(dir).save(dir) rewrites it)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    return out

@@ -10,7 +10,7 @@ state of the batch.
   lambda-returns and a REINFORCE actor with percentile-normalised advantages and an entropy
   bonus.  Reward only: no cost, no safety.
 - :class:`VLSafeLearner` (VL-SAFE): reward and cost critics on imagined lambda-returns; the
-  actor is fitted to pi* = w pi_b / Z, w = p(s) exp(beta1 A^r) + (1 - p(s)) exp(-beta2 A^c),
+  actor is fitted to pi* = w pi_b / Z, w = p(s) exp(beta_r A^r) + (1 - p(s)) exp(-beta_c A^c),
   by weighted log-likelihood of behaviour actions on dataset and imagined states.
 - :class:`FOSPLearner` (FOSP, Cao et al., ICLR 2025): IQL-style expectile critics Q/V for
   reward and cost, a reachability gate (feasible: the cost value is below a threshold) that
@@ -179,8 +179,14 @@ class WeightedActorLearner(Learner):
 
     Both fit pi* = w pi_b / Z with w from :func:`vlsafe_weights`: on dataset states pi_b is
     the dataset's behaviour policy (its recorded actions), on imagined states it is the
-    current actor (its sampled actions), each term a self-normalised weighted NLL.
+    current actor (its sampled actions), each term a self-normalised weighted NLL.  The
+    weighting's fields are ``config.weighted_actor``
+    (:class:`~vlsafe.configs.WeightedActorConfig`).
     """
+
+    def __init__(self, feat_dim: int, action_mode: str, config: VLSafeConfig | FOSPConfig):
+        super().__init__(feat_dim, action_mode, config)
+        self.config = config
 
     def weighted_actor_step(
         self,
@@ -190,17 +196,19 @@ class WeightedActorLearner(Learner):
         w_d: Tensor,
         traj: Rollout,
         w_i: Tensor,
-        config: Any,
     ) -> dict[str, float]:
+        """One actor step on the dataset term (weights ``w_d`` (B, T) where ``valid``) and the
+        imagined term (``w_i`` (H, N)), scaled by ``config.weighted_actor``."""
+        wa = self.config.weighted_actor
         dist_d = self.actor(feat_d)
         loss_d = weighted_nll(dist_d.log_prob(data.actions), w_d, valid)
         ent = weighted_mean(dist_d.entropy(), valid.float())
-        loss = config.dataset_actor_scale * loss_d
+        loss = wa.dataset_actor_scale * loss_d
         metrics = {"actor_dataset_nll": float(loss_d.detach())}
-        if config.imag_actor_scale:
+        if wa.imag_actor_scale:
             dist_i = self.actor(traj.feat[:-1])
             loss_i = weighted_nll(dist_i.log_prob(traj.action[:-1]), w_i * traj.weight[:-1])
-            loss = loss + config.imag_actor_scale * loss_i
+            loss = loss + wa.imag_actor_scale * loss_i
             ent = (ent + weighted_mean(dist_i.entropy(), traj.weight[:-1])) / 2
             metrics["actor_imag_nll"] = float(loss_i.detach())
         loss = loss - self.ac.entropy * ent
@@ -223,7 +231,6 @@ class VLSafeLearner(WeightedActorLearner):
 
     def __init__(self, feat_dim: int, action_mode: str, config: VLSafeConfig):
         super().__init__(feat_dim, action_mode, config)
-        self.config = config
         self.critic_r = Critic(feat_dim, self.ac)
         self.critic_c = Critic(feat_dim, self.ac)
 
@@ -245,17 +252,18 @@ class VLSafeLearner(WeightedActorLearner):
         vd_c = self.critic_c.value(feat_d, slow=True)
         rd, valid = dataset_returns(data.rewards, vd_r, data, ac.gamma, cfg.dataset_lambda)
         cd, _ = dataset_returns(data.costs, vd_c, data, ac.cost_gamma, cfg.dataset_lambda)
-        norm = (cfg.adv_norm, cfg.adv_std_min)
+        wa = cfg.weighted_actor
+        norm = (wa.adv_norm, wa.adv_std_min)
         adv_r_d = normalize_advantage(rd - vd_r, *norm, mask=valid)
         adv_c_d = normalize_advantage(cd - vd_c, *norm, mask=valid)
         adv_r_i = normalize_advantage(ret_r - v_r[:-1], *norm)
         adv_c_i = normalize_advantage(ret_c - v_c[:-1], *norm)
         p_d = self.dataset_safety(wm, feat_d, data)
         p_i = traj.safety[:-1]
-        betas = (cfg.beta1, cfg.beta2, cfg.weight_clip)
+        betas = (wa.beta_r, wa.beta_c, wa.weight_clip)
         w_d = vlsafe_weights(p_d, adv_r_d, adv_c_d, *betas)
         w_i = vlsafe_weights(p_i, adv_r_i, adv_c_i, *betas)
-        metrics = self.weighted_actor_step(feat_d, data, valid, w_d, traj, w_i, cfg)
+        metrics = self.weighted_actor_step(feat_d, data, valid, w_d, traj, w_i)
         self.critic_r.update_slow()
         self.critic_c.update_slow()
         return {
@@ -301,7 +309,6 @@ class FOSPLearner(WeightedActorLearner):
 
     def __init__(self, feat_dim: int, action_mode: str, config: FOSPConfig):
         super().__init__(feat_dim, action_mode, config)
-        self.config = config
         adim = self.actor.action_dim
         self.q_r, self.q_c = Critic(feat_dim + adim, self.ac), Critic(feat_dim + adim, self.ac)
         self.v_r, self.v_c = Critic(feat_dim, self.ac), Critic(feat_dim, self.ac)
@@ -359,8 +366,9 @@ class FOSPLearner(WeightedActorLearner):
 
         cost_rate = (1 - ac.cost_gamma) * ret_c[0].mean()  # J_c of the actor, per step
         multiplier, psi = self.lagrangian.update(cost_rate)
-        norm = (cfg.adv_norm, cfg.adv_std_min)
-        betas = (cfg.beta_r, cfg.beta_c, cfg.weight_clip)
+        wa = cfg.weighted_actor
+        norm = (wa.adv_norm, wa.adv_std_min)
+        betas = (wa.beta_r, wa.beta_c, wa.weight_clip)
 
         def weights(feat: Tensor, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
             v_c = self.v_c.value(feat)
@@ -373,7 +381,7 @@ class FOSPLearner(WeightedActorLearner):
 
         w_d, feasible_d = weights(feat_d, x_d, valid)
         w_i, feasible_i = weights(feat_i, x_i, None)
-        metrics = self.weighted_actor_step(feat_d, data, valid, w_d, traj, w_i, cfg)
+        metrics = self.weighted_actor_step(feat_d, data, valid, w_d, traj, w_i)
         for critic in (self.q_r, self.q_c, self.v_r, self.v_c):
             critic.update_slow()
         return {
