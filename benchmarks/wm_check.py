@@ -1,7 +1,7 @@
 """``python -m benchmarks wm-check``: a world model's open-loop predictions against a dataset.
 
 Loads ``DIR/world_model.pt`` (written by the world-model agents with
-:func:`vlsafe.world_model.save_world_model`), observes ``--context`` frames of random windows
+:func:`vlsafe.wm_training.save_world_model`), observes ``--context`` frames of random windows
 of ``--dataset``, imagines ``--horizon`` more steps with the dataset's actions, writes the
 truth / model / |error| figure to ``--out`` and prints the image and head errors
 (:mod:`vlsafe.wm_check`).  Pass a dataset the model was not trained on for held-out numbers.
@@ -49,7 +49,7 @@ def format_result(result: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from carla_safe_envs.datasets import OfflineDataset
     from vlsafe.wm_check import check_world_model
-    from vlsafe.world_model import load_world_model
+    from vlsafe.wm_training import load_world_model
 
     weights = Path(args.model_dir) / WEIGHTS
     try:

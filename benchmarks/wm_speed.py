@@ -63,7 +63,8 @@ def measure(
     import torch
 
     from carla_safe_envs.bev import downsample
-    from vlsafe.world_model import WM_PRESETS, WorldModel, WorldModelTrainer, make_batch
+    from vlsafe.wm_training import WorldModelTrainer
+    from vlsafe.world_model import WM_PRESETS, WorldModel, make_batch
 
     config = WM_PRESETS[preset]
     model = WorldModel(config, 15).to(device)

@@ -23,21 +23,19 @@ from benchmarks.train import evaluate_agent  # noqa: E402
 from carla_safe_envs.agents import AgentError, load_agent, make_agent  # noqa: E402
 from carla_safe_envs.datasets import OfflineDataset, Sequences  # noqa: E402
 from carla_safe_envs.metrics import METRIC_NAMES, aggregate  # noqa: E402
-from vlsafe import behavior, learners  # noqa: E402
-from vlsafe.behavior import (  # noqa: E402
-    Actor,
-    Critic,
+from vlsafe import learners, objectives  # noqa: E402
+from vlsafe.behavior import Actor, Critic, imagine  # noqa: E402
+from vlsafe.configs import FOSP_PRESETS, VLSAFE_PRESETS, compose_config  # noqa: E402
+from vlsafe.learners import DataBatch, dataset_returns  # noqa: E402
+from vlsafe.objectives import (  # noqa: E402
     Lagrangian,
     ReturnScale,
     expectile_loss,
     expectile_weight,
-    imagine,
     lambda_return,
     vlsafe_weights,
     weighted_nll,
 )
-from vlsafe.configs import FOSP_PRESETS, VLSAFE_PRESETS, compose_config  # noqa: E402
-from vlsafe.learners import DataBatch, dataset_returns  # noqa: E402
 from vlsafe.online import MixedSource, SequenceReplay  # noqa: E402
 from vlsafe.training import TrainingDiverged  # noqa: E402
 from vlsafe.world_model import WM_PRESETS, WorldModel  # noqa: E402
@@ -599,7 +597,7 @@ def test_nan_behaviour_loss_is_reported_by_name(
     dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def nan_returns(*args, **kwargs):
-        return behavior.lambda_return(*args, **kwargs) * float("nan")
+        return objectives.lambda_return(*args, **kwargs) * float("nan")
 
     monkeypatch.setattr(learners, "lambda_return", nan_returns)
     agent = make_agent("fosp", TASK, preset="debug")

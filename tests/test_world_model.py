@@ -1,4 +1,5 @@
-"""The world model (vlsafe.nets, vlsafe.rssm, vlsafe.world_model) and its check / speed commands."""
+"""The world model (vlsafe.nets, vlsafe.rssm, vlsafe.world_model, vlsafe.wm_training) and its
+check / speed commands."""
 
 from __future__ import annotations
 
@@ -22,16 +23,18 @@ from vlsafe.nets import (  # noqa: E402
     two_hot,
     two_hot_bins,
 )
+from vlsafe.wm_training import (  # noqa: E402
+    NonFiniteLossError,
+    WorldModelTrainer,
+    load_world_model,
+    save_world_model,
+)
 from vlsafe.world_model import (  # noqa: E402
     WM_PRESETS,
-    NonFiniteLossError,
     WorldModel,
     WorldModelConfig,
-    WorldModelTrainer,
     kl_losses,
-    load_world_model,
     make_batch,
-    save_world_model,
 )
 
 TASK = "CarlaLeftTurn-v0"

@@ -22,7 +22,7 @@ overrides may be nested dicts (``{"world_model": {"lr": 1e-4}}``) or dotted keys
 (``--config world_model.lr=1e-4`` on the command line); unknown keys raise.
 
 A saved agent directory holds ``agent.json`` (:mod:`carla_safe_envs.agents`), ``world_model.pt``
-(:func:`vlsafe.world_model.save_world_model`) and ``behavior.pt`` (actor, critics, return
+(:func:`vlsafe.wm_training.save_world_model`) and ``behavior.pt`` (actor, critics, return
 scales, Lagrange multiplier); loading checks that both files belong to this model and config.
 """
 
@@ -56,13 +56,8 @@ from vlsafe.nets import action_dim
 from vlsafe.online import MixedSource, SequenceReplay, run_online
 from vlsafe.rssm import OBS_SIZE
 from vlsafe.training import TrainingRun
-from vlsafe.world_model import (
-    WorldModel,
-    WorldModelTrainer,
-    load_world_model,
-    make_batch,
-    save_world_model,
-)
+from vlsafe.wm_training import WorldModelTrainer, load_world_model, save_world_model
+from vlsafe.world_model import WorldModel, make_batch
 
 log = logging.getLogger(__name__)
 

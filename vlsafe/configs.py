@@ -71,7 +71,7 @@ class WeightedActorConfig:
 
         w = p exp(beta_r A^r) + (1 - p) exp(-beta_c A^c)
 
-    (:func:`vlsafe.behavior.vlsafe_weights`).  VL-SAFE's p is the safety probability p(s)
+    (:func:`vlsafe.objectives.vlsafe_weights`).  VL-SAFE's p is the safety probability p(s)
     (the poster's beta1, beta2 are ``beta_r``, ``beta_c``); FOSP's p is its feasibility gate
     and its A^r the priced advantage A^r - lambda A^c.
 

@@ -1,4 +1,5 @@
-"""The actor-critic update of each world-model agent, on top of :mod:`vlsafe.behavior`.
+"""The actor-critic update of each world-model agent, on top of :mod:`vlsafe.behavior` and
+:mod:`vlsafe.objectives`.
 
 A learner owns an actor, its critics and their optimisers; ``update(wm, post, data)`` takes
 the world model, the posterior states of one training batch (B, T, ...) (the world model's
@@ -26,24 +27,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vlsafe.behavior import (
-    Actor,
-    Critic,
+from vlsafe.behavior import Actor, Critic, Optimizer, Rollout, State, flatten_states, imagine
+from vlsafe.nets import encode_actions
+from vlsafe.objectives import (
     Lagrangian,
-    Optimizer,
     ReturnScale,
-    Rollout,
-    State,
     expectile_weight,
-    flatten_states,
-    imagine,
     lambda_return,
     normalize_advantage,
     vlsafe_weights,
     weighted_mean,
     weighted_nll,
 )
-from vlsafe.nets import encode_actions
 
 if TYPE_CHECKING:
     from carla_safe_envs.datasets import Sequences

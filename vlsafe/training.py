@@ -5,8 +5,8 @@ One :class:`TrainingRun` wraps one ``fit``: every update's losses are averaged o
 ``log_every`` updates into a row of ``<log_dir>/train.csv`` (columns ``update``,
 ``env_steps``, ``seconds`` and the named losses, e.g. ``wm/image``, ``behavior/actor_loss``);
 every ``checkpoint_every`` updates (and before the first) the agent is snapshot in memory and
-saved to ``<log_dir>/checkpoint`` as a complete agent directory (``carla_safe_envs.agents.load_agent``
-reads it).  A NaN / inf loss restores the last snapshot into the agent and raises
+saved to ``<log_dir>/checkpoint`` as a complete agent directory
+(:func:`carla_safe_envs.agents.load_agent` reads it).  A NaN / inf loss restores the last snapshot into the agent and raises
 :class:`TrainingDiverged`, which names the loss term and where the last good checkpoint is.
 """
 
