@@ -1,5 +1,5 @@
-"""What is specific to the stable-baselines3 agents (``baselines.sb3``); the behaviour every
-model shares (fit, act, save/load, evaluation) is in ``test_agents.py``."""
+"""What is specific to the stable-baselines3 agents (``baselines.sb3``, ``baselines.sb3_configs``);
+the behaviour every model shares (fit, act, save/load, evaluation) is in ``test_agents.py``."""
 
 from __future__ import annotations
 
@@ -22,15 +22,12 @@ from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 from baselines.sb3 import (  # noqa: E402
     EPISODE_KEYS,
     DQNAgent,
-    DQNConfig,
     EpisodeLogCallback,
     PPOAgent,
-    PPOConfig,
     ProgressCallback,
-    ReplayConfig,
     SACAgent,
-    SACConfig,
 )
+from baselines.sb3_configs import DQNConfig, PPOConfig, ReplayConfig, SACConfig  # noqa: E402
 from carla_safe_envs.agents import PRESET_NAMES, AgentError, make_agent  # noqa: E402
 
 AGENT_CLASSES = {PPOAgent: PPOConfig, DQNAgent: DQNConfig, SACAgent: SACConfig}
