@@ -1,7 +1,7 @@
 """``python -m benchmarks generalize``: a trained model on conditions it was not trained on.
 
 Loads a model directory from ``train`` (:func:`carla_safe_envs.agents.load_agent`), evaluates it
-through the one evaluation loop (:func:`carla_safe_envs.evaluation.evaluate`) on every level
+through the one evaluation loop (:func:`benchmarks.train.evaluate_agent`) on every level
 of a shift, its task's options changed and everything else as trained, and prints each metric
 beside the training condition with its relative drop::
 
@@ -58,6 +58,26 @@ def training_condition(task_id: str, shift: str, env_kwargs: Mapping[str, Any]) 
     return f"{shift}={env_kwargs.get(shift, default)}"
 
 
+def conditions_for(
+    task_id: str, shift: str, env_kwargs: Mapping[str, Any]
+) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The training condition's label and every condition of ``shift`` (``label -> task
+    options``) for a model of ``task_id`` trained with ``env_kwargs``.
+
+    Raises:
+        ValueError: an unknown shift or task, or a training condition that is not one of the
+            shift's levels (a town the task cannot be laid out on).
+    """
+    conditions = shift_conditions(task_id, shift)
+    train = training_condition(task_id, shift, env_kwargs)
+    if train not in conditions:
+        raise ValueError(
+            f"the model was trained on {train}, which is not a level of {shift} for {task_id} "
+            f"(levels: {', '.join(conditions)})"
+        )
+    return train, conditions
+
+
 def relative_drops(
     train: Mapping[str, float], shifted: Mapping[str, float], names: Sequence[str]
 ) -> dict[str, float | None]:
@@ -77,24 +97,19 @@ def generalize(
     """Evaluate ``agent`` on every level of ``shift``; the report :func:`format_report` prints
     (and ``--json`` dumps): the training condition and, per condition, its task options,
     metrics and relative drops from the training condition."""
-    from carla_safe_envs.evaluation import evaluate
+    from benchmarks.train import evaluate_agent
     from carla_safe_envs.metrics import METRIC_NAMES, aggregate
 
-    conditions = shift_conditions(agent.task_id, shift)
-    train = training_condition(agent.task_id, shift, agent.env_kwargs)
-    if train not in conditions:
-        raise ValueError(f"the model was trained on {train}, which is not a level of {shift}")
+    train, conditions = conditions_for(agent.task_id, shift, agent.env_kwargs)
     rows: dict[str, dict[str, Any]] = {}
     for label, options in conditions.items():
-        env_kwargs = {**agent.env_kwargs, **options}
-        results, _ = evaluate(
-            agent.task_id,
+        results = evaluate_agent(
             agent,
             episodes=episodes,
             seed=seed,
             deterministic=deterministic,
             progress=progress,
-            **env_kwargs,
+            options=options,
         )
         rows[label] = {"env_kwargs": options, "metrics": aggregate(results)}
     for row in rows.values():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +105,11 @@ def evaluate_agent(
     deterministic: bool = True,
     video: Path | None = None,
     progress: bool = False,
+    options: Mapping[str, Any] | None = None,
 ) -> list[Any]:
     """The per-episode :class:`~carla_safe_envs.metrics.EpisodeMetrics` of ``agent`` on its
-    task (its own environment options), through the one evaluation loop."""
+    task (its own environment options, with ``options`` changed on top: a generalization
+    condition such as ``{"density": "high"}``), through the one evaluation loop."""
     from carla_safe_envs.evaluation import evaluate
     from carla_safe_envs.expert import write_video
 
@@ -118,7 +121,7 @@ def evaluate_agent(
         deterministic=deterministic,
         video_episodes=1 if video is not None else 0,
         progress=progress,
-        **agent.env_kwargs,
+        **{**agent.env_kwargs, **(options or {})},
     )
     if video is not None and frames:
         write_video(video, frames)
