@@ -2,8 +2,9 @@
 Ray tasks on a local Ray instance or a cluster.
 
 Every executor runs the same function, :func:`run_cell` (make the agent through the registry,
-fit it, save it, evaluate it through the one evaluation loop), and yields one
-:class:`CellResult` per :class:`Job` as cells finish, in any order.  Executors never write
+fit it, save it, evaluate it through the one evaluation loop, as trained and under the
+grid's generalization shifts), and yields one :class:`CellResult` per :class:`Job` as cells
+finish, in any order.  Executors never write
 results: the driver (:func:`benchmarks.run.run_grid`) stores the rows it receives, so a
 cluster needs no shared file system for the result store.  A cell that raises is returned as
 a result with its error and traceback; the other cells go on.
@@ -52,6 +53,8 @@ class Job:
         log_file: the cell's log file (appended to).
         env_kwargs: extra environment options of the task.
         config: overrides of the agent preset's fields (the grid's budget for this model).
+        shifts: generalization shifts (``density``, ``town``): the trained agent is also
+            evaluated on every level of each but its training one, with the same episodes.
         progress: show the training and evaluation progress bars.
     """
 
@@ -65,6 +68,7 @@ class Job:
     log_file: str
     env_kwargs: Mapping[str, Any] = field(default_factory=dict)
     config: Mapping[str, Any] = field(default_factory=dict)
+    shifts: tuple[str, ...] = ()
     progress: bool = False
 
 
@@ -123,9 +127,16 @@ def _note(log_file: Path, text: str) -> None:
 
 
 def run_cell(job: Job) -> CellResult:
-    """Make, fit, save and evaluate one cell; its rows (one per evaluation episode), or the
-    error if anything raised.  A model directory that already holds this exact agent (a run
-    killed during evaluation) is loaded instead of trained again."""
+    """Make, fit, save and evaluate one cell; its rows (one per evaluation episode and
+    condition), or the error if anything raised.
+
+    The agent is evaluated on its task as trained (rows with ``condition`` ``"train"``,
+    :data:`benchmarks.store.TRAIN_CONDITION`), then on every level of each of ``job.shifts``
+    but its training one (``condition`` the level's label, e.g. ``density=high``), each with
+    ``job.episodes`` episodes from ``job.eval_seed``.  A model directory that already holds this exact agent (a run killed
+    during evaluation) is loaded instead of trained again."""
+    from benchmarks.generalize import conditions_for
+    from benchmarks.store import TRAIN_CONDITION
     from benchmarks.train import evaluate_agent
     from carla_safe_envs.agents import get_spec, load_agent, make_agent, versions
     from carla_safe_envs.metrics import aggregate
@@ -149,6 +160,10 @@ def run_cell(job: Job) -> CellResult:
             env_kwargs=job.env_kwargs,
             config=job.config,
         )
+        conditions: dict[str, Mapping[str, Any]] = {TRAIN_CONDITION: {}}
+        for shift in job.shifts:  # checked before training: a bad level fails at once
+            train, levels = conditions_for(cell.task, shift, agent.env_kwargs)
+            conditions.update({k: v for k, v in levels.items() if k != train})
         model_dir = Path(job.model_dir)
         if _saved_agent_matches(model_dir, agent):
             agent = load_agent(model_dir)
@@ -158,11 +173,19 @@ def run_cell(job: Job) -> CellResult:
             shutil.rmtree(model_dir, ignore_errors=True)
             summary = agent.fit(job.dataset, log_dir=model_dir / "logs", progress=job.progress)
             agent.save(model_dir)
-        eval_started = time.perf_counter()
-        episodes = evaluate_agent(
-            agent, episodes=job.episodes, seed=job.eval_seed, progress=job.progress
-        )
-        eval_seconds = time.perf_counter() - eval_started
+        _note(log_file, f"cell {cell}: trained {summary}")
+        evaluated = {}  # condition -> (per-episode metrics, seconds)
+        for condition, options in conditions.items():
+            eval_started = time.perf_counter()
+            episodes = evaluate_agent(
+                agent,
+                episodes=job.episodes,
+                seed=job.eval_seed,
+                progress=job.progress,
+                options=options,
+            )
+            evaluated[condition] = (episodes, time.perf_counter() - eval_started)
+            _note(log_file, f"cell {cell}: evaluated ({condition}) {aggregate(episodes)}")
         common = {
             "model": cell.model,
             "label": get_spec(cell.model).label,
@@ -173,18 +196,23 @@ def run_cell(job: Job) -> CellResult:
             "dataset": Path(job.dataset).name if job.dataset else "",
             "labeler": job.labeler,
             "train_seconds": float(summary.get("seconds", 0.0)),
-            "eval_seconds": eval_seconds,
             "config": json.dumps(dataclasses.asdict(agent.config), sort_keys=True, default=str),
             "train": json.dumps(summary, sort_keys=True, default=str),
             "versions": json.dumps(versions(), sort_keys=True),
             "host": socket.gethostname(),
         }
         rows = [
-            {**common, "episode": k, "eval_seed": job.eval_seed + k, **dataclasses.asdict(m)}
+            {
+                **common,
+                "condition": condition,
+                "eval_seconds": seconds,
+                "episode": k,
+                "eval_seed": job.eval_seed + k,
+                **dataclasses.asdict(m),
+            }
+            for condition, (episodes, seconds) in evaluated.items()
             for k, m in enumerate(episodes)
         ]
-        _note(log_file, f"cell {cell}: trained {summary}")
-        _note(log_file, f"cell {cell}: evaluated {aggregate(episodes)}")
         return CellResult(cell, rows=rows, seconds=time.perf_counter() - started)
     except Exception as exc:  # noqa: BLE001 - a failed cell is a result, the grid goes on
         text = traceback.format_exc()

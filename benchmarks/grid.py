@@ -3,7 +3,9 @@
 A grid preset fixes everything a result depends on besides the model, task and seed: the
 agent preset each model is made with (``carla_safe_envs.agents.PRESET_NAMES``), the offline dataset
 (steps, collection seed, expert noise levels), the safety labeler, and the evaluation
-(episodes, reset seeds).  Three presets ship in :data:`PRESETS`:
+(episodes, reset seeds) and the generalization shifts every trained cell is also evaluated
+under (``shifts``: the levels of :mod:`benchmarks.generalize`, stored as extra rows of the
+cell).  These presets ship in :data:`PRESETS`:
 
 - ``smoke``: every model on every task, 1 seed, agent preset ``debug``, 600-step datasets,
   1 evaluation episode.  Checks that the whole pipeline runs; its numbers say nothing about
@@ -15,7 +17,8 @@ agent preset each model is made with (``carla_safe_envs.agents.PRESET_NAMES``), 
   20,000-step datasets, 10 evaluation episodes.
 - ``cpu``: the agents' ``cpu`` presets (each model's best within ~30-45 minutes of one
   core, chosen with ``python -m benchmarks learn-check``), 3 seeds, 20,000-step datasets, 20
-  evaluation episodes: 108 cells, ~55-80 core-hours (not run yet).
+  evaluation episodes, each cell also evaluated at ``density=low`` and ``density=high`` (20
+  episodes each): 108 cells, ~55-80 core-hours (not run yet).
 - ``paper``: the budgets of a GPU cluster: agent preset ``paper``, 5 seeds, 100,000-step
   datasets, 20 evaluation episodes (documented; not run in CI).
 
@@ -61,6 +64,10 @@ class GridPreset:
             this machine), ``oracle`` (privileged, no weights), ``auto`` (``clip`` when the
             weights are found locally, else ``oracle``; the table's caption says which).
         env_kwargs: task id -> extra environment options (none: the tasks' defaults).
+        shifts: generalization shifts (:data:`benchmarks.generalize.SHIFTS`: ``density``,
+            ``town``) under which every trained cell is evaluated again, on each level but
+            its training one, with the same episodes and reset seeds (``--shift``
+            overrides); the rows carry the level in ``condition``.
         agent_config: model name -> overrides of its agent preset's fields (the training
             budget a grid can afford; see ``SMALL_BUDGETS``), passed to ``make_agent``.
     """
@@ -76,6 +83,7 @@ class GridPreset:
     offline_optional: bool = True
     labeler: LabelerChoice = "auto"
     env_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    shifts: tuple[str, ...] = ()
     agent_config: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,6 +102,15 @@ class GridPreset:
             )
         if self.labeler not in ("auto", "clip", "oracle"):
             raise GridError(f"labeler must be auto, clip or oracle, got {self.labeler!r}")
+        from benchmarks.generalize import SHIFTS
+
+        unknown = [s for s in self.shifts if s not in SHIFTS]
+        if unknown or len(set(self.shifts)) != len(self.shifts):
+            raise GridError(
+                f"preset {self.name!r}: shifts must be distinct names of "
+                f"{', '.join(SHIFTS)}; got {list(self.shifts)}"
+                + (f" ({', '.join(map(repr, unknown))} unknown)" if unknown else "")
+            )
 
     def protocol(self) -> dict[str, Any]:
         """Every field that makes results comparable (all but ``seeds``), JSON-ready: a
@@ -101,6 +118,7 @@ class GridPreset:
         out = dataclasses.asdict(self)
         out.pop("seeds")
         out["dataset_noise"] = list(self.dataset_noise)
+        out["shifts"] = list(self.shifts)
         out["env_kwargs"] = {task: dict(kw) for task, kw in sorted(self.env_kwargs.items())}
         out["agent_config"] = {m: dict(kw) for m, kw in sorted(self.agent_config.items())}
         return out
@@ -147,6 +165,7 @@ PRESETS: dict[str, GridPreset] = {
             agent_preset="cpu",
             seeds=(0, 1, 2),
             episodes=20,
+            shifts=("density",),
         ),
         GridPreset(
             name="paper",

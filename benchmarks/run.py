@@ -10,6 +10,11 @@ For a grid preset (:data:`benchmarks.grid.PRESETS`) and a result directory, :fun
 5. hands the cells to an executor (:mod:`benchmarks.executors`: local process pool or Ray)
    and stores the rows of each finished cell at once, and the error of each failed one.
 
+A preset's ``shifts`` (``--shift density town``) evaluate every trained cell again on each
+level of those generalization shifts (:mod:`benchmarks.generalize`) but its training one;
+those episodes are extra rows of the cell (``condition``), and ``table`` summarizes them in
+``table-generalize.md``.
+
 Every model goes through the registry (``make_agent`` / ``fit`` / ``save`` /
 ``evaluate_agent``), so models plug in as they are registered.  At the end ``run`` prints the
 comparison table (:mod:`benchmarks.table`) and writes it with its plots into the directory.
@@ -18,6 +23,7 @@ comparison table (:mod:`benchmarks.table`) and writes it with its plots into the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -145,6 +151,7 @@ def run_grid(
                     log_file=str(store.log_file(cell)),
                     env_kwargs=dict(preset.env_kwargs.get(cell.task, {})),
                     config=dict(preset.agent_config.get(cell.model, {})),
+                    shifts=preset.shifts,
                     progress=progress,
                 )
             )
@@ -219,6 +226,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", help="task ids (default: all four)")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the preset's)")
     parser.add_argument(
+        "--shift",
+        nargs="*",
+        default=None,
+        metavar="SHIFT",
+        help="also evaluate every cell under these generalization shifts (density, town), as "
+        "extra rows; a bare --shift: none (default: the preset's)",
+    )
+    parser.add_argument(
         "--executor", choices=list(EXECUTORS), default="local", help="where cells run"
     )
     parser.add_argument(
@@ -262,6 +277,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         preset = get_preset(args.preset)
+        if args.shift is not None:
+            preset = dataclasses.replace(preset, shifts=tuple(args.shift))
         cells = make_cells(preset, models=args.models, tasks=args.tasks, seeds=args.seeds)
         executor = make_executor(args)
         summary = run_grid(

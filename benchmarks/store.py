@@ -17,10 +17,19 @@ process driving the grid writes here (executors return rows; they never write th
 lock file keeps two drivers out of one directory.
 
 Row schema (:data:`ROW_COLUMNS`): the cell (``model``, ``label``, ``task``, ``seed``), the
-protocol (``preset``, ``agent_preset``, ``episodes``), the episode (``episode``, ``eval_seed``
-and the :class:`~carla_safe_envs.metrics.EpisodeMetrics` fields), the data (``dataset``,
-``labeler``), timing (``train_seconds``, ``eval_seconds``) and provenance (``config``,
-``train``, ``versions`` as JSON, ``executor``, ``host``, ``finished``, ``store_format``).
+protocol (``preset``, ``agent_preset``, ``episodes``), the episode (``condition``,
+``episode``, ``eval_seed`` and the :class:`~carla_safe_envs.metrics.EpisodeMetrics` fields),
+the data (``dataset``, ``labeler``), timing (``train_seconds``, ``eval_seconds`` of the
+row's condition) and provenance (``config``, ``train``, ``versions`` as JSON, ``executor``,
+``host``, ``finished``, ``store_format``).  ``condition`` is ``"train"``
+(:data:`TRAIN_CONDITION`) for the evaluation on the task as trained, and a level's label of
+:mod:`benchmarks.generalize` (``density=high``, ``town=Town05``) for the evaluations under
+the protocol's ``shifts``, on the same episodes' reset seeds.
+
+Formats: ``carla-safe/results-v2`` (:data:`STORE_FORMAT`) added ``condition`` and the
+protocol's ``shifts``.  Stores of ``carla-safe/results-v1`` are still read: their rows are
+all training-condition rows (``condition="train"``) and their protocol had no shifts
+(``shifts=[]``); a run into one goes on with v2 rows and marks the manifest v2.
 """
 
 from __future__ import annotations
@@ -37,7 +46,11 @@ from typing import Any
 from benchmarks.grid import Cell
 from carla_safe_envs.metrics import EpisodeMetrics
 
-STORE_FORMAT = "carla-safe/results-v1"
+STORE_FORMAT = "carla-safe/results-v2"
+#: older formats this version reads (and upgrades when a run writes into them)
+OLD_FORMATS: tuple[str, ...] = ("carla-safe/results-v1",)
+READABLE_FORMATS: tuple[str, ...] = (STORE_FORMAT, *OLD_FORMATS)
+TRAIN_CONDITION = "train"  # the ``condition`` of rows evaluated on the task as trained
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 
@@ -51,6 +64,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "seed",
     "agent_preset",
     "episodes",
+    "condition",
     "episode",
     "eval_seed",
     *METRIC_FIELDS,
@@ -88,7 +102,8 @@ def _write_atomic(path: Path, write: Any) -> None:
 
 
 def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of result directory ``root``, checked for the store format.
+    """The manifest of result directory ``root``, checked for the store format (the
+    protocol of an old format as this version reads it: no ``shifts``).
 
     Raises:
         StoreError: ``root`` has no manifest, or one of another store format.
@@ -102,13 +117,15 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
             f"`python -m benchmarks run --preset smoke --out {root}`"
         )
     manifest = json.loads(file.read_text())
-    if manifest.get("format") != STORE_FORMAT:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise StoreError(
             f"{root} was written by an incompatible result store (format "
-            f"{manifest.get('format')!r}); this version of carla-safe reads {STORE_FORMAT!r}. "
-            "Run the grid again into a new --out directory (or use the carla-safe version that "
-            "wrote it)."
+            f"{manifest.get('format')!r}); this version of carla-safe reads "
+            f"{', '.join(map(repr, READABLE_FORMATS))}. Run the grid again into a new --out "
+            "directory (or use the carla-safe version that wrote it)."
         )
+    if manifest["format"] in OLD_FORMATS:
+        manifest["protocol"].setdefault("shifts", [])
     return manifest
 
 
@@ -154,7 +171,11 @@ class ResultStore:
                 for k in sorted(set(stored) | set(protocol))
                 if stored.get(k) != protocol.get(k)
             }
-            if stored.get("name") == protocol.get("name"):
+            if set(diff) == {"shifts"}:
+                shifts = stored.get("shifts") or []
+                again = f"`--shift {' '.join(shifts)}`" if shifts else "a bare `--shift` (none)"
+                hint = f"rerun with {again} as stored, or use a new --out directory"
+            elif stored.get("name") == protocol.get("name"):
                 hint = (
                     f"the {protocol.get('name')!r} preset has changed since this directory was "
                     "written (another carla-safe version?): use a new --out directory"
@@ -165,6 +186,8 @@ class ResultStore:
                 f"{root} holds results of another protocol ({stored.get('name')!r}); these "
                 f"settings differ (stored, requested): {diff}; {hint}"
             )
+        if store.manifest["format"] != STORE_FORMAT:  # an old store the run goes on in
+            store.update_manifest(format=STORE_FORMAT, upgraded_from=store.manifest["format"])
         return store
 
     @contextlib.contextmanager
@@ -277,24 +300,30 @@ class ResultStore:
         return out
 
     def rows(self):
-        """Every stored row as one pandas DataFrame (columns :data:`ROW_COLUMNS`).
+        """Every stored row as one pandas DataFrame (columns :data:`ROW_COLUMNS`; rows of an
+        old format as this version reads them: ``condition="train"``).
 
         Raises:
-            StoreError: a cell file of another store format.
+            StoreError: a cell file of a store format this version does not read.
         """
         import pandas as pd
 
         files = sorted((self.root / "cells").glob("*/*/seed-*.parquet"))
         if not files:
             return pd.DataFrame(columns=list(ROW_COLUMNS))
-        frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-        formats = set(frame["store_format"])
-        if formats != {STORE_FORMAT}:
-            raise StoreError(
-                f"{self.root} holds rows of store formats {sorted(formats)}; this version reads "
-                f"{STORE_FORMAT!r} only"
-            )
-        return frame
+        frames = []
+        for file in files:
+            frame = pd.read_parquet(file)
+            unknown = set(frame["store_format"]) - set(READABLE_FORMATS)
+            if unknown:
+                raise StoreError(
+                    f"{file} holds rows of store format(s) {sorted(unknown)}; this version "
+                    f"reads {', '.join(map(repr, READABLE_FORMATS))}"
+                )
+            if "condition" not in frame.columns:  # v1: evaluated as trained only
+                frame["condition"] = TRAIN_CONDITION
+            frames.append(frame[list(ROW_COLUMNS)])
+        return pd.concat(frames, ignore_index=True)
 
 
 def episode_metrics(row: Mapping[str, Any]) -> EpisodeMetrics:

@@ -13,8 +13,17 @@ direction.  Cells without results say ``missing`` (or
 ``failed`` when the last attempt failed); cells with fewer seeds than requested carry a
 dagger.
 
+The table, its CSV / TeX and the plots use the rows evaluated on the tasks as trained
+(``condition == "train"``) only.  When the store also holds evaluations under generalization
+shifts (``benchmarks run --shift``), :func:`summarize_generalization` makes a second table,
+``table-generalize.md`` / ``.csv``: per task, model and condition (the training one first,
+then each level of each shift) the mean over seeds of Return, Cost, AR and CR with the same
+95% intervals, and the relative drop of the mean Return from the training condition
+(:func:`benchmarks.generalize.relative_drops`).
+
 Writes ``table.md``, ``table.csv`` and ``table.tex`` into the result directory (or the
-``--out`` file in ``--format``) and the plots of :mod:`benchmarks.plots` next to them.
+``--out`` file in ``--format``), the plots of :mod:`benchmarks.plots` and the generalization
+table next to them.
 """
 
 from __future__ import annotations
@@ -77,18 +86,15 @@ def summarize(root: str | Path, *, reps: int = DEFAULT_REPS) -> Table:
     Raises:
         benchmarks.store.StoreError: ``root`` is not a result directory of this version.
     """
-    from benchmarks.store import ResultStore, episode_metrics
+    from benchmarks.store import TRAIN_CONDITION, ResultStore
     from carla_safe_envs.agents import AGENTS, TABLE_MODELS
-    from carla_safe_envs.metrics import aggregate
 
     store = ResultStore(root)
     rows = store.rows()
+    rows = rows[rows["condition"] == TRAIN_CONDITION]
     requested = store.requested()
     failures = store.failures()
-    stored_models = set(rows["model"]) | {c.model for c in requested}
-    extra = [m for m in AGENTS if m in stored_models and m not in TABLE_MODELS]
-    extra += sorted(stored_models - set(AGENTS) - set(TABLE_MODELS))
-    models = [*TABLE_MODELS, *extra]
+    models = _model_order(set(rows["model"]) | {c.model for c in requested})
     published = load_published()
     cells = {}
     for task in TABLE_TASKS:
@@ -106,7 +112,7 @@ def summarize(root: str | Path, *, reps: int = DEFAULT_REPS) -> Table:
         cell = cells.get((task, model))
         if cell is None:  # a task outside the table's four cannot happen with TASK_IDS
             continue
-        metrics = aggregate([episode_metrics(r) for r in group.to_dict("records")])
+        metrics = _episodes_metrics(group)
         cell.seeds.append(int(seed))
         for name in METRIC_NAMES:
             cell.per_seed.setdefault(name, []).append(float(metrics[name]))
@@ -115,6 +121,23 @@ def summarize(root: str | Path, *, reps: int = DEFAULT_REPS) -> Table:
             cell.metrics[name] = mean_interval(values, reps=reps)
     _mark_best(cells, TABLE_MODELS)
     return Table(cells, models, _caption(store, rows, cells))
+
+
+def _model_order(stored: set[str]) -> list[str]:
+    """The nine table models, then any other stored model (registered ones first)."""
+    from carla_safe_envs.agents import AGENTS, TABLE_MODELS
+
+    extra = [m for m in AGENTS if m in stored and m not in TABLE_MODELS]
+    extra += sorted(stored - set(AGENTS) - set(TABLE_MODELS))
+    return [*TABLE_MODELS, *extra]
+
+
+def _episodes_metrics(group: Any) -> dict[str, float]:
+    """:func:`~carla_safe_envs.metrics.aggregate` of the stored episodes ``group`` (one seed)."""
+    from benchmarks.store import episode_metrics
+    from carla_safe_envs.metrics import aggregate
+
+    return aggregate([episode_metrics(r) for r in group.to_dict("records")])
 
 
 def _mark_best(cells: Mapping[tuple[str, str], CellSummary], models: tuple[str, ...]) -> None:
@@ -286,7 +309,8 @@ def write_outputs(
     reps: int = DEFAULT_REPS,
 ) -> tuple[str, list[Path]]:
     """Summarize ``root``; write the table (``out`` in ``fmt``, or ``table.md/.csv/.tex`` in
-    ``root``) and the plots next to it.  Returns the ``fmt`` text and the files written."""
+    ``root``) and the plots next to it, and ``table-generalize.md/.csv`` there when the store
+    holds evaluations under shifts.  Returns the ``fmt`` text and the files written."""
     from benchmarks.plots import write_plots
 
     table = summarize(root, reps=reps)
@@ -302,7 +326,174 @@ def write_outputs(
         written.append(path)
     if plots:
         written += write_plots(table, Path(targets[fmt]).parent, reps=reps)
+    shifted = summarize_generalization(root, reps=reps)
+    if shifted is not None:
+        folder = Path(targets[fmt]).parent
+        for suffix, formatter in (
+            (".md", format_generalization_markdown),
+            (".csv", format_generalization_csv),
+        ):
+            path = folder / f"{GENERALIZE_NAME}{suffix}"
+            path.write_text(formatter(shifted))
+            written.append(path)
     return texts[fmt], written
+
+
+# ---------------------------------------------------------------------------- generalization
+GENERALIZE_NAME = "table-generalize"
+GENERALIZE_METRICS = ("Return", "Cost", "AR", "CR")
+
+
+@dataclass
+class ConditionSummary:
+    """One (task, model, condition) row of the generalization table."""
+
+    task: str
+    model: str
+    label: str
+    condition: str  # "train" or a level's label such as "density=high"
+    seeds: list[int] = field(default_factory=list)
+    metrics: dict[str, Interval] = field(default_factory=dict)
+    return_drop: float | None = None  # (train - this) / |train| of the mean Returns
+
+
+@dataclass
+class GeneralizationTable:
+    """The generalization rows in table order, and a caption."""
+
+    rows: list[ConditionSummary]
+    caption: str
+
+
+def _condition_order(task: str, conditions: set[str]) -> list[str]:
+    """The training condition, then each shift's levels in their order, then any other."""
+    from benchmarks.generalize import SHIFTS, shift_conditions
+    from benchmarks.store import TRAIN_CONDITION
+
+    known = [c for shift in SHIFTS for c in shift_conditions(task, shift) if c in conditions]
+    rest = sorted(conditions - set(known) - {TRAIN_CONDITION})
+    return [TRAIN_CONDITION, *dict.fromkeys(known), *rest]
+
+
+def summarize_generalization(
+    root: str | Path, *, reps: int = DEFAULT_REPS
+) -> GeneralizationTable | None:
+    """The generalization table of the store at ``root`` (see the module docstring), or None
+    when it holds no rows evaluated under a shift.
+
+    Raises:
+        benchmarks.store.StoreError: ``root`` is not a result directory of this version.
+    """
+    from benchmarks.generalize import relative_drops, training_condition
+    from benchmarks.store import TRAIN_CONDITION, ResultStore
+    from carla_safe_envs.agents import AGENTS
+
+    store = ResultStore(root)
+    rows = store.rows()
+    shifted = rows[rows["condition"] != TRAIN_CONDITION]
+    if shifted.empty:
+        return None
+    protocol = store.manifest["protocol"]
+    pairs = set(zip(shifted["task"], shifted["model"], strict=True))
+    rows = rows[[pair in pairs for pair in zip(rows["task"], rows["model"], strict=True)]]
+    per_seed: dict[tuple[str, str, str], dict[int, dict[str, float]]] = {}
+    for (task, model, condition, seed), group in rows.groupby(
+        ["task", "model", "condition", "seed"], sort=True
+    ):
+        per_seed.setdefault((task, model, condition), {})[int(seed)] = _episodes_metrics(group)
+    out: list[ConditionSummary] = []
+    for task in TABLE_TASKS:
+        for model in _model_order({m for t, m in pairs if t == task}):
+            if (task, model) not in pairs:
+                continue
+            label = AGENTS[model].label if model in AGENTS else model
+            present = {c for t, m, c in per_seed if (t, m) == (task, model)}
+            summaries = []
+            for condition in _condition_order(task, present):
+                seeds = per_seed.get((task, model, condition), {})
+                summary = ConditionSummary(task, model, label, condition, sorted(seeds))
+                for name in GENERALIZE_METRICS:
+                    values = [seeds[s][name] for s in summary.seeds]
+                    if values:
+                        summary.metrics[name] = mean_interval(values, reps=reps)
+                summaries.append(summary)
+            train = summaries[0].metrics.get("Return")
+            for summary in summaries[1:]:
+                if train is not None and "Return" in summary.metrics:
+                    means = ({"Return": train.point}, {"Return": summary.metrics["Return"].point})
+                    summary.return_drop = relative_drops(*means, ["Return"])["Return"]
+            out += summaries
+    env_kwargs = protocol.get("env_kwargs", {})
+    shifts = protocol.get("shifts") or sorted({c.split("=")[0] for c in shifted["condition"]})
+    trained_on = "; ".join(
+        f"{TABLE_TASKS[t]}: "
+        + ", ".join(training_condition(t, sh, env_kwargs.get(t, {})) for sh in shifts)
+        for t in TABLE_TASKS
+        if any(s.task == t for s in out)
+    )
+    caption = (
+        f"carla-safe generalization, preset {protocol['name']!r}, shifts {', '.join(shifts)}: "
+        f"every trained cell evaluated as trained ('train'; {trained_on}) and on each other "
+        f"level, {protocol['episodes']} episode{'s' if protocol['episodes'] != 1 else ''} per "
+        "seed and condition on the same reset seeds. Each cell: mean over seeds of the per-seed "
+        "metric [95% stratified-bootstrap CI over seeds, shown from 2 seeds on]. Return drop: "
+        "(train - shifted) / |train| of the mean Returns, positive when it fell."
+    )
+    return GeneralizationTable(out, caption)
+
+
+def _interval_text(interval: Interval | None, seeds: int) -> str:
+    if interval is None:
+        return "missing"
+    text = _num(interval.point)
+    return text + (f" [{_num(interval.low)}, {_num(interval.high)}]" if seeds >= 2 else "")
+
+
+def _drop_text(row: ConditionSummary) -> str:
+    from benchmarks.store import TRAIN_CONDITION
+
+    if row.condition == TRAIN_CONDITION:
+        return ""
+    return "-" if row.return_drop is None else f"{row.return_drop:+.1%}"
+
+
+def format_generalization_markdown(table: GeneralizationTable) -> str:
+    """The generalization table as Markdown, the caption first."""
+    head = ["Task", "Model", "Condition", "Seeds"]
+    head += [_header(n, ("↑", "↓")) for n in GENERALIZE_METRICS] + ["Return drop"]
+    lines = [table.caption, "", "| " + " | ".join(head) + " |"]
+    lines.append("|" + "|".join(["---"] * 4 + ["---:"] * (len(GENERALIZE_METRICS) + 1)) + "|")
+    for row in table.rows:
+        cells = [TABLE_TASKS[row.task], row.label, row.condition, str(len(row.seeds))]
+        cells += [_interval_text(row.metrics.get(n), len(row.seeds)) for n in GENERALIZE_METRICS]
+        lines.append("| " + " | ".join([*cells, _drop_text(row)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_generalization_csv(table: GeneralizationTable) -> str:
+    """One row per (task, model, condition): seeds, per metric the mean and CI bounds, and
+    the relative Return drop (empty on the training condition)."""
+    out = io.StringIO()
+    columns = ["task", "task_name", "model", "label", "condition", "seeds"]
+    for name in GENERALIZE_METRICS:
+        columns += [name, f"{name}_low", f"{name}_high"]
+    writer = csv.DictWriter(out, [*columns, "Return_drop"], lineterminator="\n")
+    writer.writeheader()
+    for row in table.rows:
+        record: dict[str, Any] = {
+            "task": row.task,
+            "task_name": TABLE_TASKS[row.task],
+            "model": row.model,
+            "label": row.label,
+            "condition": row.condition,
+            "seeds": " ".join(map(str, row.seeds)),
+            "Return_drop": "" if row.return_drop is None else row.return_drop,
+        }
+        for name, interval in row.metrics.items():
+            record |= {name: interval.point, f"{name}_low": interval.low}
+            record[f"{name}_high"] = interval.high
+        writer.writerow(record)
+    return out.getvalue()
 
 
 # ---------------------------------------------------------------------------- command line

@@ -270,6 +270,78 @@ def test_a_saved_agent_is_reused_only_when_identical(tmp_path: Path) -> None:
     assert not _saved_agent_matches(tmp_path / "missing", agent)
 
 
+# ---------------------------------------------------------------------------- shifts
+@pytest.fixture(scope="module")
+def shifted_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`benchmarks run` of the expert on one task, also evaluated under the density shift."""
+    out = tmp_path_factory.mktemp("shifted")
+    argv = ["run", "--preset", "smoke", "--models", "expert", "--tasks", TASKS[0]]
+    assert main([*argv, "--shift", "density", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_shifted_evaluations_are_extra_rows_of_the_cell(shifted_run: Path) -> None:
+    from benchmarks.train import evaluate_agent
+
+    store = ResultStore(shifted_run)
+    assert store.manifest["protocol"]["shifts"] == ["density"]
+    assert store.finished_cells() == [Cell("expert", TASKS[0], 0)]  # one cell, one file
+    rows = store.rows()
+    assert list(rows["condition"]) == ["train", "density=low", "density=high"]
+    assert (rows["eval_seed"] == SMOKE.eval_seed).all() and (rows["episode"] == 0).all()
+    assert (rows["eval_seconds"] > 0).all()
+    # each row's episode is the agent's on its condition's env, on the same reset seeds
+    agent = make_agent("expert", TASKS[0], preset="debug", seed=0)
+    for condition, options in [
+        ("train", {}),
+        ("density=low", {"density": "low"}),
+        ("density=high", {"density": "high"}),
+    ]:
+        (expected,) = evaluate_agent(agent, episodes=1, seed=SMOKE.eval_seed, options=options)
+        row = rows[rows["condition"] == condition].iloc[0]
+        assert {k: row[k] for k in METRIC_FIELDS} == dataclasses.asdict(expected), condition
+    assert len(set(rows["cost"])) == 3  # the three densities drive differently
+    log = store.log_file(Cell("expert", TASKS[0], 0)).read_text()
+    assert "evaluated (density=high)" in log
+
+
+def test_shifted_rows_leave_the_main_table_alone(shifted_run: Path, tmp_path: Path) -> None:
+    from benchmarks.table import write_outputs
+
+    plain = tmp_path / "plain"
+    shutil.copytree(shifted_run, plain)
+    (plain / "table-generalize.md").unlink()
+    for file in (plain / "cells").rglob("*.parquet"):
+        frame = pd.read_parquet(file)
+        frame[frame["condition"] == "train"].to_parquet(file, index=False)
+    _, written = write_outputs(plain, plots=False)
+    assert "table-generalize.md" not in {p.name for p in written}
+    for name in ("table.md", "table.csv", "table.tex"):  # as `run` wrote them with the shifts
+        assert (plain / name).read_text() == (shifted_run / name).read_text()
+    lines = (shifted_run / "table-generalize.md").read_text().splitlines()
+    assert lines[0].startswith("carla-safe generalization, preset 'smoke', shifts density")
+    body = [line.split(" | ")[:4] for line in lines[4:]]
+    assert body == [
+        ["| Left Turn", "Expert", condition, "1"]
+        for condition in ("train", "density=low", "density=high")
+    ]
+
+
+def test_bad_shifts(shifted_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(
+        GridError, match=r"shifts must be distinct names of density, town.*'weather'"
+    ):
+        dataclasses.replace(SMOKE, shifts=("weather",))
+    with pytest.raises(GridError, match="distinct"):
+        dataclasses.replace(SMOKE, shifts=("town", "town"))
+    argv = ["run", "--preset", "smoke", "--models", "expert", "--no-table", "--no-progress"]
+    assert main([*argv, "--out", "x", "--shift", "weather"]) == 2
+    assert "density, town; got ['weather'] ('weather' unknown)" in capsys.readouterr().err
+    assert main([*argv, "--tasks", TASKS[0], "--out", str(shifted_run)]) == 2  # stored: density
+    assert "rerun with `--shift density` as stored" in capsys.readouterr().err
+    assert PRESETS["cpu"].shifts == ("density",) and SMOKE.shifts == ()
+
+
 # ---------------------------------------------------------------------------- bad input
 def test_unknown_models_tasks_presets_and_seeds(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(GridError, match="unknown model.*'nope'.*ppo.*vlsafe"):

@@ -101,7 +101,14 @@ def episode(ret: float, cost: float = 0.0, *, speed: float = 2.0, collisions: in
     )
 
 
-def write(store: ResultStore, cell: Cell, episodes: list[EpisodeMetrics]) -> None:
+def write(
+    store: ResultStore,
+    cell: Cell,
+    episodes: list[EpisodeMetrics],
+    shifted: dict[str, list[EpisodeMetrics]] | None = None,
+) -> None:
+    """Store ``cell``: its training-condition ``episodes`` and the episodes of each shifted
+    condition (label -> episodes) as extra rows."""
     common = {
         "store_format": STORE_FORMAT,
         "preset": "smoke",
@@ -119,11 +126,20 @@ def write(store: ResultStore, cell: Cell, episodes: list[EpisodeMetrics]) -> Non
         "host": "test",
         "finished": "now",
     }
+    conditions = {"train": episodes, **(shifted or {})}
     store.write_cell(
         cell,
         [
-            {**common, **cell._asdict(), "episode": k, "eval_seed": k, **dataclasses.asdict(m)}
-            for k, m in enumerate(episodes)
+            {
+                **common,
+                **cell._asdict(),
+                "condition": condition,
+                "episode": k,
+                "eval_seed": k,
+                **dataclasses.asdict(m),
+            }
+            for condition, runs in conditions.items()
+            for k, m in enumerate(runs)
         ],
     )
 
@@ -241,6 +257,7 @@ def test_empty_directory_marks_every_cell_missing(tmp_path: Path) -> None:
     assert "36 missing" in text.splitlines()[0]
     names = {p.name for p in written}
     assert {"table.md", "table.csv", "table.tex", "return_cost.png"} <= names
+    assert "table-generalize.md" not in names  # no evaluations under a shift
     assert all(p.stat().st_size > 0 for p in written)
 
 
@@ -259,3 +276,99 @@ def test_table_command(store: ResultStore, tmp_path: Path, capsys) -> None:
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": "x/v9"}))
     assert main(["table", str(store.root), "--no-plots"]) == 2
     assert "incompatible result store (format 'x/v9')" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- formats, shifts
+V1 = "carla-safe/results-v1"
+
+
+def as_v1(root: Path) -> None:
+    """Rewrite the store at ``root`` as ``carla-safe/results-v1`` wrote it: no ``condition``
+    column (every row a training-condition row), no ``shifts`` in the protocol."""
+    import pandas as pd
+
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["format"] = V1
+    del manifest["protocol"]["shifts"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    for file in (root / "cells").glob("*/*/seed-*.parquet"):
+        frame = pd.read_parquet(file)
+        assert set(frame["condition"]) == {"train"}
+        frame = frame.drop(columns="condition").assign(store_format=V1)
+        frame.to_parquet(file, index=False)
+
+
+def test_a_v1_store_reads_and_tables_identically(store: ResultStore, tmp_path: Path) -> None:
+    import shutil
+
+    import pandas as pd
+
+    old = tmp_path / "v1"
+    shutil.copytree(store.root, old)
+    as_v1(old)
+    v1 = ResultStore(old)
+    assert v1.manifest["format"] == V1 and v1.manifest["protocol"]["shifts"] == []
+    rows, new_rows = v1.rows(), store.rows()
+    assert set(rows["store_format"]) == {V1} and set(rows["condition"]) == {"train"}
+    pd.testing.assert_frame_equal(
+        rows.drop(columns="store_format"), new_rows.drop(columns="store_format")
+    )
+    ours, theirs = summarize(old, reps=2000), summarize(store.root, reps=2000)
+    for formatter in (format_markdown, format_csv, format_latex):
+        assert formatter(ours) == formatter(theirs)
+    # a run goes on in it: same protocol (no shifts), v2 rows beside the v1 ones
+    reopened = ResultStore.open_or_create(old, PRESETS["smoke"].protocol())
+    assert reopened.manifest["format"] == STORE_FORMAT and reopened.manifest["upgraded_from"] == V1
+    write(reopened, Cell("dqn", FOUR, 2), [episode(300, 40)])
+    assert set(ResultStore(old).rows()["store_format"]) == {V1, STORE_FORMAT}
+    assert summarize(old, reps=200).cells[(FOUR, "dqn")].seeds == [0, 1, 2]
+
+
+def test_generalization_table(tmp_path: Path) -> None:
+    shifted = dataclasses.replace(PRESETS["smoke"], shifts=("density",))
+    plain = ResultStore.open_or_create(tmp_path / "plain", shifted.protocol())
+    both = ResultStore.open_or_create(tmp_path / "both", shifted.protocol())
+    train = {0: [episode(100, 10), episode(300, 30)], 1: [episode(300, 50)]}  # seeds: 200, 300
+    shifts = {
+        0: {"density=low": [episode(275, 5)], "density=high": [episode(50, 20, collisions=1)]},
+        1: {"density=low": [episode(275, 5)], "density=high": [episode(150, 60)]},
+    }
+    for seed, episodes in train.items():
+        write(plain, Cell("dqn", FOUR, seed), episodes)
+        write(both, Cell("dqn", FOUR, seed), episodes, shifts[seed])
+    for store in (plain, both):  # the expert was evaluated as trained only
+        write(store, Cell("expert", RIGHT, 0), [episode(400, 2)])
+    # the main table, its formats and plots read the training condition only
+    text, written = write_outputs(both.root, reps=500)
+    assert text == write_outputs(plain.root, reps=500)[0]
+    for name in ("table.csv", "table.tex", "return_cost.png", "performance_profile.png"):
+        assert (both.root / name).read_bytes() == (plain.root / name).read_bytes()
+    assert not (plain.root / "table-generalize.md").exists()
+    names = {p.name for p in written}
+    assert {"table-generalize.md", "table-generalize.csv"} <= names
+    lines = (both.root / "table-generalize.md").read_text().splitlines()
+    assert "preset 'smoke', shifts density" in lines[0] and "Four Lane: density=base" in lines[0]
+    rows = md_rows("\n".join(lines))
+    assert rows[0] == [
+        "Task",
+        "Model",
+        "Condition",
+        "Seeds",
+        "Return ↑",
+        "Cost ↓",
+        "AR ↑",
+        "CR ↓",
+        "Return drop",
+    ]
+    assert rows[2:] == [
+        ["Four Lane", "DQN", "train", "2", "250.00 [200.00, 300.00]", "35.00 [20.00, 50.00]",
+         "1.00 [1.00, 1.00]", "0.00 [0.00, 0.00]", ""],
+        ["Four Lane", "DQN", "density=low", "2", "275.00 [275.00, 275.00]",
+         "5.00 [5.00, 5.00]", "1.00 [1.00, 1.00]", "0.00 [0.00, 0.00]", "-10.0%"],
+        ["Four Lane", "DQN", "density=high", "2", "100.00 [50.00, 150.00]",
+         "40.00 [20.00, 60.00]", "0.50 [0.00, 1.00]", "0.50 [0.00, 1.00]", "+60.0%"],
+    ]  # fmt: skip
+    records = list(csv.DictReader(io.StringIO((both.root / "table-generalize.csv").read_text())))
+    assert [r["condition"] for r in records] == ["train", "density=low", "density=high"]
+    assert records[0]["Return_drop"] == "" and float(records[2]["Return_drop"]) == 0.6
+    assert float(records[2]["CR_high"]) == 1.0 and records[2]["seeds"] == "0 1"
