@@ -12,6 +12,10 @@ Shifts (task options, see ``docs/generalization.md``):
 * ``density``: ``density=low|base|high`` (traffic count and speed, or the junction flow's gaps);
 * ``town``: ``town=`` every town the task can be laid out on (its training town included).
 
+``python -m benchmarks run --shift density town`` (a grid preset's ``shifts``) evaluates every
+trained cell of a grid the same way, stores those episodes as extra rows of the cell and
+tables them in ``table-generalize.md``.
+
 The relative drop of a metric is ``(train - shifted) / |train|`` (``None`` when the training
 value is 0): positive when the metric fell.  Return, AS, WC, TD and AR are better high, so a
 positive drop is a loss there; Cost, CR, TCF, DCF and CS are better low, so a negative drop
