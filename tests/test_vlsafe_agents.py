@@ -360,11 +360,11 @@ def test_renamed_config_keys_are_read_with_a_deprecation_warning(
     presets: dict, old: str, new: str
 ) -> None:
     base = presets["debug"]
-    with pytest.warns(DeprecationWarning, match=f"'{old}' -> 'weighted_actor.{new}'"):
+    with pytest.warns(FutureWarning, match=f"'{old}' -> 'weighted_actor.{new}'"):
         config = compose_config(base, {old: 0.5})
     assert getattr(config.weighted_actor, new) == 0.5
     assert config == compose_config(base, {f"weighted_actor.{new}": 0.5})
-    with pytest.warns(DeprecationWarning):  # the same value under both names is fine
+    with pytest.warns(FutureWarning):  # the same value under both names is fine
         assert compose_config(base, {old: 0.5, f"weighted_actor.{new}": 0.5}) == config
     with pytest.raises(AgentError, match="keep only"):
         compose_config(base, {old: 0.5, "weighted_actor": {new: 2.0}})
@@ -503,9 +503,9 @@ def test_a_model_directory_in_the_old_config_format_loads_and_acts_the_same(
     torch.save(payload, root / "behavior.pt")
 
     first = "'beta1' -> 'weighted_actor.beta_r'" if name == "vlsafe" else "'beta_r' -> "
-    with pytest.warns(DeprecationWarning, match=first) as caught:
+    with pytest.warns(FutureWarning, match=first) as caught:
         loaded = load_agent(root)
-    assert len([w for w in caught if w.category is DeprecationWarning]) == 1
+    assert len([w for w in caught if w.category is FutureWarning]) == 1
     assert "'imag_actor_scale' -> 'weighted_actor.imag_actor_scale'" in str(caught[0].message)
     assert loaded.config == agent.config and asdict(loaded.config.weighted_actor) == WEIGHTING
     obs = frames(4, seed=5)
@@ -518,7 +518,7 @@ def test_a_model_directory_in_the_old_config_format_loads_and_acts_the_same(
     loaded.save(root)
     assert json.loads((root / "agent.json").read_text())["config"]["weighted_actor"] == WEIGHTING
     with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)
+        warnings.simplefilter("error", FutureWarning)
         assert load_agent(root).config == agent.config
 
 

@@ -14,7 +14,7 @@ Renamed keys.  Before the weighted actor became one nested config, ``VLSafeConfi
 ``beta1``, ``beta2`` and ``FOSPConfig`` ``beta_r``, ``beta_c``, both beside ``weight_clip``,
 ``adv_norm``, ``adv_std_min``, ``dataset_actor_scale`` and ``imag_actor_scale``.  Each config
 class lists its old keys in ``RENAMED_KEYS``; :func:`upgrade_keys` reads them as the new ones
-with a :class:`DeprecationWarning` naming both, so an ``agent.json`` saved before still loads.
+with a :class:`FutureWarning` naming both, so an ``agent.json`` saved before still loads.
 """
 
 from __future__ import annotations
@@ -331,7 +331,7 @@ def upgrade_keys(
     class lists in ``RENAMED_KEYS`` (old key -> dotted path of a nested config's field) moved
     to their new place
     (``{"beta1": 2}`` -> ``{"weighted_actor": {"beta_r": 2}}``); one
-    :class:`DeprecationWarning` names every old and new key (``warn=False``: none).  An old
+    :class:`FutureWarning` names every old and new key (``warn=False``: none).  An old
     key given together with its new one at another value is an :class:`AgentError`."""
     renamed: Mapping[str, str] = getattr(config_class, "RENAMED_KEYS", {})
     old_keys = [key for key in values if key in renamed]
@@ -356,7 +356,7 @@ def upgrade_keys(
         warnings.warn(
             f"{config_class.__name__}: renamed config keys read as their new names ({pairs}); "
             "use the new names (an old agent directory: load_agent(dir).save(dir) rewrites it)",
-            DeprecationWarning,
+            FutureWarning,
             stacklevel=3,
         )
     return out
