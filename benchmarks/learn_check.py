@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import sys
@@ -335,6 +336,7 @@ def run_one(args: argparse.Namespace, model: str, task: str, out: Path) -> int:
         "total_seconds": round(time.perf_counter() - started, 1),
         "train": train,
         "config": dict(args.config),
+        "agent_config": dataclasses.asdict(agent.config),
         "env_kwargs": env_kwargs,
         "versions": versions(),
         "command": "python -m benchmarks learn-check " + " ".join(sys.argv[2:]),
@@ -352,6 +354,35 @@ def run_one(args: argparse.Namespace, model: str, task: str, out: Path) -> int:
         print(format_table(table, columns=[*METRIC_NAMES, "train_seconds"], label="policy"))
         print(f"wrote {out / CURVE_CSV}, {out / CURVE_PNG}, {out / SUMMARY_JSON}")
     return 0
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (the ``--config`` key of a nested field)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def run_label(summary: Mapping[str, Any]) -> str:
+    """``model (preset)`` and every config field of the run that differs from the preset as it
+    is now: an ablation's ``--config`` overrides, or what a preset changed since the run.
+    Runs store their whole config (``agent_config``); older summaries only the overrides."""
+    from carla_safe_envs.agents import get_spec
+
+    preset = get_spec(summary["model"]).load_class().presets[summary["preset"]]
+    # as a summary stores it: tuples become lists, other objects their str
+    current = _flat(json.loads(json.dumps(dataclasses.asdict(preset), default=str)))
+    ran = _flat(summary.get("agent_config") or summary.get("config") or {})
+    changed = [
+        f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in ran.items()
+        if key in current and current[key] != value
+    ]
+    return f"{summary['model']} ({', '.join([summary['preset'], *changed])})"
 
 
 def results_table(root: Path) -> str:
@@ -393,7 +424,7 @@ def results_table(root: Path) -> str:
             at = f"{best['Return']:.1f} ({best['done']:,} {best['unit'].replace('_', ' ')})"
             minutes = run_summary["train_seconds"] / 60
             lines.append(
-                f"| {task_name} | {run_summary['model']} ({run_summary['preset']}) | {cells(final)} "
+                f"| {task_name} | {run_label(run_summary)} | {cells(final)} "
                 f"| {at} | {minutes:.0f} | {verdict} |"
             )
     episodes = sorted({s["episodes"] for s in summaries})

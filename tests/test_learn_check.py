@@ -107,17 +107,40 @@ def test_learn_check_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "unknown config field" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("root", ["results/learn-check", "results/learn-check-noise0"])
+@pytest.mark.parametrize(
+    "root", ["results/learn-check", "results/learn-check-noise0", "results/learn-check-ablations"]
+)
 def test_committed_results_make_their_table(root: str) -> None:
     """The committed learn-check summaries are readable and each makes its table row."""
-    from benchmarks.learn_check import results_table
+    from benchmarks.learn_check import results_table, run_label
 
     path = Path(__file__).resolve().parents[1] / root
-    summaries = [json.loads(p.read_text()) for p in sorted(path.glob("*/summary.json"))]
+    summaries = [
+        {**json.loads(p.read_text()), "dir": p.parent.name}
+        for p in sorted(path.glob("*/summary.json"))
+    ]
     if not summaries:
         pytest.skip(f"no committed runs under {root}")
     table = results_table(path)
     for summary in summaries:
         final = summary["final"]
-        assert f"| {summary['model']} ({summary['preset']}) | {final['Return']:.1f} |" in table
-        assert (path / f"{summary['model']}-{summary['task']}" / "curve.png").is_file()
+        assert f"| {run_label(summary)} | {final['Return']:.1f} |" in table
+        assert (path / summary["dir"] / "curve.png").is_file()
+
+
+def test_run_label_names_what_differs_from_the_preset() -> None:
+    """A run's label shows the config fields it ran with that the preset does not have now."""
+    import dataclasses
+
+    from baselines.offline import CQLAgent
+    from benchmarks.learn_check import run_label
+
+    cpu = dataclasses.asdict(CQLAgent.presets["cpu"])
+    summary = {"model": "cql", "preset": "cpu", "config": {}}
+    assert run_label(summary) == "cql (cpu)"
+    # --config overrides equal to the preset are not an ablation...
+    assert run_label({**summary, "config": {"alpha": cpu["alpha"]}}) == "cql (cpu)"
+    # ...others are, and a whole stored config is compared field by field (JSON round trip)
+    assert run_label({**summary, "config": {"alpha": 4.0}}) == "cql (cpu, alpha=4)"
+    stored = json.loads(json.dumps({**cpu, "learning_rate": 5e-5}, default=str))
+    assert run_label({**summary, "agent_config": stored}) == "cql (cpu, learning_rate=5e-05)"
