@@ -411,12 +411,20 @@ def results_table(root: Path) -> str:
         runs = sorted((s for s in summaries if s["task"] == task), key=lambda s: order[s["model"]])
         if not runs:
             continue
-        refs = next((s["references"] for s in runs if s["references"]), {})
-        for name in REFERENCES:
-            if name in refs:
-                lines.append(
-                    f"| {task_name} | *{name.replace('_', ' ')}* | {cells(refs[name])} | | | |"
+        # the references of each action mode (the first run's of each): random and the
+        # expert act in the run's action space, so a row per mode where they differ
+        by_mode: dict[str, Mapping[str, Any]] = {}
+        for s in runs:
+            if s["references"]:
+                by_mode.setdefault(
+                    s.get("env_kwargs", {}).get("action_mode", "discrete"), s["references"]
                 )
+        for name in REFERENCES:
+            rows = {mode: refs[name] for mode, refs in by_mode.items() if name in refs}
+            split = len({cells(row) for row in rows.values()}) > 1
+            for mode, row in rows.items() if split else list(rows.items())[:1]:
+                label = name.replace("_", " ") + (f" ({mode})" if split else "")
+                lines.append(f"| {task_name} | *{label}* | {cells(row)} | | | |")
         for run_summary in runs:
             final, best = run_summary["final"], run_summary["best"]
             beats = run_summary["beats_references_on_return"]

@@ -144,3 +144,34 @@ def test_run_label_names_what_differs_from_the_preset() -> None:
     assert run_label({**summary, "config": {"alpha": 4.0}}) == "cql (cpu, alpha=4)"
     stored = json.loads(json.dumps({**cpu, "learning_rate": 5e-5}, default=str))
     assert run_label({**summary, "agent_config": stored}) == "cql (cpu, learning_rate=5e-05)"
+
+
+def test_table_splits_the_references_by_action_mode(tmp_path: Path) -> None:
+    """Random and expert act in the run's action space: one row per mode where they differ."""
+    from benchmarks.learn_check import results_table
+
+    def ref(ret: float) -> dict:
+        return {"Return": ret, "Cost": 1.0, "AR": 0.0, "CR": 0.0}
+
+    point = {**ref(10.0), "done": 5, "unit": "updates"}
+    for model, mode, random in (("dqn", "discrete", 56.6), ("sac", "continuous", 7.4)):
+        run = tmp_path / f"{model}-CarlaLeftTurn-v0"
+        run.mkdir()
+        summary = {
+            "model": model,
+            "task": "CarlaLeftTurn-v0",
+            "preset": "cpu",
+            "episodes": 10,
+            "env_kwargs": {"action_mode": mode},
+            "references": {"stand_still": ref(0.0), "random": ref(random), "expert": ref(452.7)},
+            "final": point,
+            "best": point,
+            "beats_references_on_return": {"stand_still": True, "random": random < 10.0},
+            "train_seconds": 60.0,
+        }
+        (run / "summary.json").write_text(json.dumps(summary))
+    table = results_table(tmp_path)
+    assert table.count("*stand still*") == 1 and table.count("*expert*") == 1
+    assert "| Left Turn | *random (discrete)* | 56.6 |" in table
+    assert "| Left Turn | *random (continuous)* | 7.4 |" in table
+    assert "| Left Turn | dqn (cpu) | 10.0 |" in table and table.count("| no |") == 1
