@@ -1,7 +1,8 @@
 """``python -m benchmarks collect``: drive the expert and write an offline dataset (HDF5).
 
-See :mod:`carla_safe_envs.datasets` for the file schema and :func:`carla_safe_envs.collection.collect`
-for how episodes, seeds and noise levels are assigned.
+See :mod:`carla_safe_envs.datasets` for the file schema and
+:func:`carla_safe_envs.collection.collect` for how episodes, seeds and noise levels are
+assigned.
 """
 
 from __future__ import annotations

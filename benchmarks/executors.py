@@ -133,8 +133,8 @@ def run_cell(job: Job) -> CellResult:
     The agent is evaluated on its task as trained (rows with ``condition`` ``"train"``,
     :data:`benchmarks.store.TRAIN_CONDITION`), then on every level of each of ``job.shifts``
     but its training one (``condition`` the level's label, e.g. ``density=high``), each with
-    ``job.episodes`` episodes from ``job.eval_seed``.  A model directory that already holds this exact agent (a run killed
-    during evaluation) is loaded instead of trained again."""
+    ``job.episodes`` episodes from ``job.eval_seed``.  A model directory that already holds
+    this exact agent (a run killed during evaluation) is loaded instead of trained again."""
     from benchmarks.generalize import conditions_for
     from benchmarks.store import TRAIN_CONDITION
     from benchmarks.train import evaluate_agent

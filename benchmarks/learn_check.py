@@ -23,7 +23,8 @@ CSVs and summaries are committed; ``model/`` and ``logs/`` stay out of git):
 - ``curve.png``: Return, Cost, AR and CR against the budget, the references as lines;
 - ``summary.json``: the final and best points, the references, whether the final model beats
   both the stand-still and the random policy on Return, timings, the config and versions;
-- ``model/``: the trained agent (``carla_safe_envs.agents.load_agent``); ``logs/``: its training log.
+- ``model/``: the trained agent (``carla_safe_envs.agents.load_agent``); ``logs/``: its
+  training log.
 
 A finished directory (``summary.json`` present) is skipped unless ``--overwrite``; offline
 models get ``--dataset`` or a dataset collected once into ``--data-dir`` (reused by later runs

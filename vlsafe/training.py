@@ -6,8 +6,9 @@ One :class:`TrainingRun` wraps one ``fit``: every update's losses are averaged o
 ``env_steps``, ``seconds`` and the named losses, e.g. ``wm/image``, ``behavior/actor_loss``);
 every ``checkpoint_every`` updates (and before the first) the agent is snapshot in memory and
 saved to ``<log_dir>/checkpoint`` as a complete agent directory
-(:func:`carla_safe_envs.agents.load_agent` reads it).  A NaN / inf loss restores the last snapshot into the agent and raises
-:class:`TrainingDiverged`, which names the loss term and where the last good checkpoint is.
+(:func:`carla_safe_envs.agents.load_agent` reads it).  A NaN / inf loss restores the last
+snapshot into the agent and raises :class:`TrainingDiverged`, which names the loss term and
+where the last good checkpoint is.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ The spec means the same as in the embedded simulator; only the drivers differ (C
 manager instead of IDM / MOBIL).  Spawn positions come from the shared compiled map and every
 random choice from the episode's generator:
 
-* ``autopilot``: ``count`` cars on free points of ``lanes`` (``spacing`` apart, 10 m..``radius`` from
-  the ego, on its road level), driven by the traffic manager at 0.7-1.2 x ``speed`` with lane
+* ``autopilot``: ``count`` cars on free points of ``lanes`` (``spacing`` apart, 10 m..``radius``
+  from the ego, on its road level), driven by the traffic manager at 0.7-1.2 x ``speed`` with lane
   changes as ``lane_changes`` says, obeying traffic lights; every 2 s the cars further than
   ``radius`` from the ego are destroyed and re-spawned at least 40 m away (out of the BEV).
 * ``flow``: a stream already flowing from ``spawn`` down the straightest lane path (100 m of
