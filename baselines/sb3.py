@@ -207,7 +207,7 @@ class SB3Agent(BaseAgent):
         try:
             if self.model is None:
                 self.model = self.algorithm(
-                    "CnnPolicy", env, seed=self.seed, verbose=0, **cfg.algorithm_kwargs()
+                    cfg.policy(), env, seed=self.seed, verbose=0, **cfg.algorithm_kwargs()
                 )
             else:
                 self.model.set_env(env)

@@ -47,6 +47,9 @@ class SB3Config:
             divisor; smaller frames are area-averaged by
             :class:`carla_safe_envs.wrappers.DownsampleObservation` in the training envs and
             by the same function in ``act`` (64 px: 4 x 4 x 64 CNN maps, ~4x cheaper).
+        augment_shift: random-shift augmentation of the frames in each gradient step, up to
+            this many px at ``image_size`` on each axis (DrQ's 4 px on 84 px frames); 0: none.
+            Acting never sees a shifted frame (:class:`baselines.sb3_pixel.ShiftedNatureCNN`).
         device: torch device, ``"auto"`` = CUDA when available, else the CPU.
     """
 
@@ -58,6 +61,7 @@ class SB3Config:
     batch_size: int = 256
     features_dim: int = 512
     image_size: int = 128
+    augment_shift: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -65,6 +69,11 @@ class SB3Config:
         for name in positive:
             if getattr(self, name) < 1:
                 raise AgentError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.augment_shift < self.image_size // 4:
+            raise AgentError(
+                f"augment_shift must be in [0, image_size / 4) px, got {self.augment_shift} "
+                f"at image_size {self.image_size}"
+            )
         if self.vec_env not in VEC_ENV_KINDS:
             raise AgentError(
                 f"vec_env must be one of {', '.join(VEC_ENV_KINDS)}, got {self.vec_env!r}"
@@ -79,14 +88,25 @@ class SB3Config:
         if not self.learning_rate > 0.0:
             raise AgentError(f"learning_rate must be > 0, got {self.learning_rate}")
 
+    def policy(self) -> Any:
+        """The SB3 policy (a name or class) the algorithm is built with."""
+        return "CnnPolicy"
+
     def algorithm_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the SB3 algorithm's constructor (besides policy, env, seed)."""
+        extractor: dict[str, Any] = {"features_dim": self.features_dim}
+        policy_kwargs: dict[str, Any] = {"features_extractor_kwargs": extractor}
+        if self.augment_shift:
+            from baselines.sb3_pixel import ShiftedNatureCNN
+
+            policy_kwargs["features_extractor_class"] = ShiftedNatureCNN
+            extractor["shift"] = self.augment_shift
         return {
             "learning_rate": self.learning_rate,
             "gamma": self.gamma,
             "batch_size": self.batch_size,
             "device": self.device,
-            "policy_kwargs": {"features_extractor_kwargs": {"features_dim": self.features_dim}},
+            "policy_kwargs": policy_kwargs,
         }
 
 
@@ -259,6 +279,10 @@ class SACConfig(ReplayConfig):
         tau: soft target update rate.
         ent_coef: entropy coefficient, or ``"auto"`` to learn it (``"auto_0.1"``: learned,
             starting at 0.1).
+        critic_encoder: the actor reads the critic's CNN with the gradient stopped, so only
+            the TD loss trains the encoder (SAC-AE / DrQ;
+            :class:`baselines.sb3_pixel.CriticEncoderSACPolicy`); False: SB3's default, a
+            CNN per network each trained by its own loss.
     """
 
     learning_rate: float = 7.3e-4
@@ -268,6 +292,14 @@ class SACConfig(ReplayConfig):
     learning_starts: int = 10_000
     train_freq: int = 8
     gradient_steps: int = 10
+    critic_encoder: bool = False
+
+    def policy(self) -> Any:
+        if not self.critic_encoder:
+            return super().policy()
+        from baselines.sb3_pixel import CriticEncoderSACPolicy
+
+        return CriticEncoderSACPolicy
 
     def algorithm_kwargs(self) -> dict[str, Any]:
         kwargs = super().algorithm_kwargs()

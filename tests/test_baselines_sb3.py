@@ -107,7 +107,7 @@ def test_sb3_accepts_every_preset(cls: type, preset: str) -> None:
         [lambda: ScriptedEnv(5, False, image=True, continuous=continuous)] * config.n_envs
     )
     kwargs = config.algorithm_kwargs() | {"device": "cpu"}
-    model = cls.algorithm("CnnPolicy", venv, seed=0, **kwargs)
+    model = cls.algorithm(config.policy(), venv, seed=0, **kwargs)
     assert model.gamma == config.gamma and model.seed == 0
     if isinstance(config, ReplayConfig):
         assert model.replay_buffer.optimize_memory_usage == config.optimize_memory_usage
@@ -124,6 +124,7 @@ def test_sb3_accepts_every_preset(cls: type, preset: str) -> None:
         (DQNConfig, {"total_timesteps": 0}, "total_timesteps must be >= 1"),
         (SACConfig, {"buffer_size": 0}, "buffer_size must be >= 1"),
         (SACConfig, {"gamma": 1.5}, r"gamma must be in \(0, 1\]"),
+        (SACConfig, {"augment_shift": 16, "image_size": 64}, r"augment_shift must be in \[0, "),
     ],
 )
 def test_bad_config_values_raise(config_cls: type, fields: dict, match: str) -> None:
