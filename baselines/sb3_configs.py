@@ -395,6 +395,9 @@ SAC_PRESETS = _presets(
     },
     # One CPU core, ~30-40 min: 64 px frames, 40,000 steps, one batch-64 update every 4
     # steps.  A 0.5 GB replay of 64 px frames.  ~20 steps/s while 4 jobs shared the 2 vCPUs.
+    # DrQ's two pixel remedies (the actor on the critic's detached encoder, a 4 px random
+    # shift): SB3's defaults ended Left Turn standing off the lane (Return -33.0, README
+    # learn-check ablations), these ended it at 50.4; both are erratic between points.
     cpu={
         "total_timesteps": 40_000,
         "buffer_size": 40_000,
@@ -403,5 +406,7 @@ SAC_PRESETS = _presets(
         "train_freq": 4,
         "gradient_steps": 1,
         "image_size": 64,
+        "critic_encoder": True,
+        "augment_shift": 4,
     },
 )

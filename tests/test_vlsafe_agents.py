@@ -300,6 +300,28 @@ def test_learner_update_shapes_and_no_gradient_into_the_world_model(
     assert any(k.startswith("actor.") for k in changed) and len(changed) > 4
 
 
+@pytest.mark.parametrize("scale", [0.0, 1.0])
+def test_dreamerv3_offline_bc_pulls_the_actor_to_the_dataset_actions(
+    scale: float, batch: Sequences
+) -> None:
+    """Offline DreamerV3's anchor: with ``bc_scale`` 1 the actor learns the dataset's action
+    (here always action 3) on the dataset's states; plain DreamerV3 (0) has no such term and
+    its REINFORCE update does not single that action out."""
+    agent = make_agent("dreamerv3", TASK, preset="debug", config={"actor_critic.actor_lr": 1e-2})
+    agent.trainer.update(agent.wm.make_batch(batch, "discrete"))
+    post = agent.trainer.last_post
+    data = DataBatch.from_sequences(batch, "discrete", "cpu")
+    data = data._replace(
+        actions=torch.zeros_like(data.actions).index_fill_(-1, torch.tensor([3]), 1)
+    )
+    agent.learner.bc_scale = scale
+    for _ in range(30):
+        metrics = agent.learner.update(agent.wm, post, data)
+    assert ("actor_dataset_nll" in metrics) == bool(scale)
+    p3 = float(agent.learner.actor(agent.wm.feat(post).detach()).probs[..., 3].mean().detach())
+    assert p3 > 0.5 if scale else p3 < 0.3
+
+
 def test_replay_windows_wrap_around_and_mark_episode_starts() -> None:
     replay = SequenceReplay(capacity=10, action_mode="discrete")
     obs = np.zeros((128, 128, 3), np.uint8)
@@ -427,6 +449,7 @@ def test_debug_train_logs_and_evaluates(name: str, trained: dict) -> None:
         # training starts once the prefill is in the replay (that step included)
         replayed = (config.env_steps - config.prefill + 1) * config.train_ratio
         assert summary["updates"] == int(replayed / (wmc.batch_size * wmc.seq_len))
+        assert agent.learner.bc_scale == 0.0  # online: no dataset to clone
     else:
         assert summary["updates"] == config.updates and summary["env_steps"] == 0
     with (root / "logs" / "train.csv").open() as file:
@@ -553,6 +576,7 @@ def test_dreamerv3_offline_option_and_fosp_online_fine_tuning(
     dreamer = make_agent("dreamerv3", TASK, preset="debug", config={"updates": 3})
     summary = dreamer.fit(dataset, progress=False)
     assert summary["updates"] == 3 and summary["env_steps"] == 0
+    assert dreamer.learner.bc_scale == dreamer.config.offline_bc == 1.0  # the offline anchor
     fosp = make_agent("fosp", TASK, preset="debug", config={"updates": 2, "online_steps": 30})
     summary = fosp.fit(dataset, log_dir=tmp_path, progress=False)
     assert summary["env_steps"] == 30 and summary["updates"] > 2

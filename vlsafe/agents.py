@@ -387,10 +387,11 @@ class DreamerV3Agent(WorldModelAgent):
     learner_class = DreamerLearner
 
     def _train(self, dataset: Any, run: TrainingRun) -> None:
+        cfg = self.config
+        self.learner.bc_scale = cfg.offline_bc if dataset is not None else 0.0
         if dataset is not None:
             self._train_offline(dataset, run)
             return
-        cfg = self.config
         replay = SequenceReplay(cfg.replay_capacity, self.action_mode, self.frame_size)
         self._train_online(
             run,

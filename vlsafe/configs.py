@@ -173,12 +173,28 @@ class DreamerV3Config(WorldModelAgentConfig):
     replays ``world_model.batch_size x seq_len`` steps).  ``fit(dataset)`` instead trains for
     ``updates`` updates from the dataset (the offline option).  The replay holds its frames in
     memory: 48 KiB per step (the paper's 200,000 steps = 9.8 GB).
+
+    Attributes:
+        offline_bc: weight of a behaviour-cloning term (the negative log-likelihood of the
+            dataset's actions) in the actor loss when training from a dataset; online
+            training never uses it.  0 is DreamerV3 unchanged, which offline collapses to one
+            action: measured on Right Turn (``cpu``, 6,000 updates), its imagined actor put
+            96-98% on "coast straight", which keeps the ~4 m/s of the dataset's moving states
+            through a 1.5 s imagination but stands still from every episode's start at
+            rest (Return 0.0 at all 10 points).  1 anchors the actor to the data as TD3+BC
+            does, with the reward-maximising REINFORCE term beside it.
     """
 
+    offline_bc: float = 1.0
     env_steps: int = 500_000
     prefill: int = 5_000
     train_ratio: float = 512.0
     replay_capacity: int = 200_000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.offline_bc < 0:
+            raise ValueError(f"offline_bc must be >= 0, got {self.offline_bc}")
 
 
 @dataclass(frozen=True)

@@ -134,13 +134,19 @@ class DreamerLearner(Learner):
     the slow critic, REINFORCE actor with advantages (R - V_slow) / S (S: percentile return
     scale) and an entropy bonus, both weighted by the continuation probability.  The actor
     never back-propagates through the dynamics (REINFORCE for both action modes, as in
-    DreamerV3's current release)."""
+    DreamerV3's current release).
+
+    Trained from a dataset, the actor loss adds ``bc_scale`` (set by the agent from
+    :attr:`~vlsafe.configs.DreamerV3Config.offline_bc`; 0 online) times the negative
+    log-likelihood of the dataset's actions on their posterior states, TD3+BC's anchor
+    (Fujimoto & Gu 2021): without it the imagined actor leaves the data's support."""
 
     def __init__(self, feat_dim: int, action_mode: str, config: DreamerV3Config):
         super().__init__(feat_dim, action_mode, config)
         ac = self.ac
         self.critic = Critic(feat_dim, ac)
         self.retnorm = ReturnScale(ac.retnorm_decay, ac.retnorm_low, ac.retnorm_high)
+        self.bc_scale = 0.0
 
     def update(self, wm: Any, post: State, data: DataBatch) -> dict[str, float]:
         ac = self.ac
@@ -154,6 +160,12 @@ class DreamerLearner(Learner):
         dist = self.actor(traj.feat[:-1])
         logp, ent = dist.log_prob(traj.action[:-1]), dist.entropy()
         actor_loss = weighted_mean(-logp * adv - ac.entropy * ent, weight)
+        bc: dict[str, float] = {}
+        if self.bc_scale:
+            dist_d = self.actor(wm.feat(post).detach())
+            nll = -dist_d.log_prob(data.actions).mean()
+            actor_loss = actor_loss + self.bc_scale * nll
+            bc["actor_dataset_nll"] = float(nll.detach())
         critic_norm = self.critic_opt.step(critic_loss, "reward critic")
         actor_norm = self.actor_opt.step(actor_loss, "actor")
         self.critic.update_slow()
@@ -161,6 +173,7 @@ class DreamerLearner(Learner):
             "actor_loss": float(actor_loss.detach()),
             "actor_entropy": float(ent.detach().mean()),
             "actor_grad_norm": actor_norm,
+            **bc,
             "critic_loss": float(critic_loss.detach()),
             "critic_grad_norm": critic_norm,
             "return_scale": float(scale),
