@@ -77,12 +77,15 @@ def mdp_dataset(data: Any):
     for start, frames in data.iter_frames(1024):  # (n, S, S, 3), read in contiguous chunks
         observations[start : start + len(frames)] = frames.transpose(0, 3, 1, 2)
     discrete = data.action_mode == "discrete"
+    # a step that ends the episode and hits the time limit at once (a collision on step 500)
+    # is a terminal: nothing follows it to bootstrap from, and d3rlpy refuses both flags
+    timeouts = data.timeouts & ~data.terminals
     dataset = MDPDataset(
         observations=observations,
         actions=data.actions.reshape(-1, 1) if discrete else data.actions,
         rewards=data.rewards.reshape(-1, 1),
         terminals=data.terminals.astype(np.float32),
-        timeouts=data.timeouts.astype(np.float32),
+        timeouts=timeouts.astype(np.float32),
         action_space=d3rlpy.ActionSpace.DISCRETE if discrete else d3rlpy.ActionSpace.CONTINUOUS,
         action_size=data.n_actions if discrete else 2,
     )

@@ -94,6 +94,32 @@ def test_mdp_dataset_round_trip(discrete_data: Path, size: int) -> None:
     bc.fit(mdp, n_steps=2, n_steps_per_epoch=2, show_progress=False, logger_adapter=logger)
 
 
+def test_a_step_both_terminal_and_at_the_time_limit_is_a_terminal(
+    discrete_data: Path, tmp_path: Path
+) -> None:
+    """Gymnasium lets the 500th step terminate (a collision) and truncate at once; d3rlpy
+    refuses both flags on one step, so the conversion keeps it as the terminal it is."""
+    import shutil
+
+    import h5py
+
+    copy = tmp_path / "both.h5"
+    shutil.copy(discrete_data, copy)
+    with OfflineDataset(copy) as data:
+        timeouts = np.flatnonzero(data.timeouts)
+    assert timeouts.size, "the fixture needs an episode that ends at the time limit"
+    with h5py.File(copy, "r+") as file:
+        terminals = file["terminals"][...]
+        terminals[timeouts[0]] = True
+        file["terminals"][...] = terminals
+    with OfflineDataset(copy) as data:
+        assert data.terminals[timeouts[0]] and data.timeouts[timeouts[0]]
+        mdp, _ = mdp_dataset(data)
+        terminated = int(data.terminals.sum())
+        assert mdp.size() == data.n_episodes
+    assert sum(bool(episode.terminated) for episode in mdp.episodes) == terminated
+
+
 # ---------------------------------------------------------------- discrete -> continuous
 @pytest.mark.parametrize("task", carla_safe_envs.TASK_IDS)
 def test_discrete_actions_map_to_the_same_control(task: str) -> None:
