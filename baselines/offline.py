@@ -52,7 +52,7 @@ import numpy as np
 from baselines.d3rlpy_data import OBS_SHAPE, dataset_statistics, import_d3rlpy, replay_buffer
 from baselines.offline_configs import BCConfig, CQLConfig, IQLConfig, OfflineConfig, make_presets
 from carla_safe_envs.agents import AgentError, BaseAgent
-from carla_safe_envs.bev import downsample
+from carla_safe_envs.bev import downsample, stack_frames
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,8 @@ class D3rlpyAgent(BaseAgent):
                 f"BEV frames, got {obs.shape} {obs.dtype}"
             )
         obs = downsample(obs, self.config.image_size)
-        x, state = stack_frames(obs.transpose(0, 3, 1, 2), state, episode_start, self.config)
+        frames = obs.transpose(0, 3, 1, 2)
+        x, state = stack_frames(frames, state, episode_start, self.config.frame_stack)
         actions = self.algo.predict(x) if deterministic else self.algo.sample_action(x)
         if self.action_mode == "discrete":
             return actions.astype(np.int64).reshape(len(obs)), state
@@ -158,31 +159,6 @@ class D3rlpyAgent(BaseAgent):
         if not file.is_file():
             raise AgentError(f"{path} has no {MODEL_FILE}: it was saved before training")
         self.algo = d3rlpy.load_learnable(str(file), device=self.config.torch_device())
-
-
-def stack_frames(
-    frames: np.ndarray,
-    state: np.ndarray | None,
-    episode_start: np.ndarray | None,
-    config: OfflineConfig,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The network input ``(B, 3 * k, H, W)`` for channel-first ``frames`` ``(B, 3, H, W)``
-    and the new state (the same array; None when ``k = config.frame_stack`` is 1).
-
-    Like d3rlpy's ``FrameStackTransitionPicker``: oldest frame first, zeros before an
-    episode's first frame (a None state, a batch of another size, or ``episode_start``)."""
-    k = config.frame_stack
-    if k == 1:
-        return np.ascontiguousarray(frames), None
-    batch, channels = frames.shape[:2]
-    if state is None or state.shape != (batch, channels * k, *frames.shape[2:]):
-        history = np.zeros((batch, channels * (k - 1), *frames.shape[2:]), np.uint8)
-    else:
-        history = state[:, channels:].copy()
-        if episode_start is not None:
-            history[np.asarray(episode_start, dtype=bool).reshape(batch)] = 0
-    stacked = np.concatenate([history, frames], axis=1)
-    return stacked, stacked
 
 
 class BCAgent(D3rlpyAgent):

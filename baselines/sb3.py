@@ -33,7 +33,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger, configure
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack
 
 from baselines.sb3_configs import (
     DQN_PRESETS,
@@ -44,7 +44,7 @@ from baselines.sb3_configs import (
     VecEnvKind,
 )
 from carla_safe_envs.agents import AgentError, BaseAgent
-from carla_safe_envs.bev import downsample
+from carla_safe_envs.bev import downsample, stack_frames
 from carla_safe_envs.progress import Progress, progress_bar
 
 log = logging.getLogger(__name__)
@@ -181,16 +181,18 @@ class SB3Agent(BaseAgent):
     # ---------------------------------------------------------------- training
     def make_vec_env(self) -> VecEnv:
         """The training environments: ``n_envs`` copies with ``Monitor``, seeded from the
-        agent's seed."""
+        agent's seed, their frames stacked ``frame_stack`` deep on the channel axis."""
         factory = functools.partial(
             _make_env, self.task_id, dict(self.env_kwargs), self.config.image_size
         )
-        return make_vec_env(
+        env = make_vec_env(
             factory,
             n_envs=self.config.n_envs,
             seed=self.seed,
             vec_env_cls=_VEC_ENV_CLASSES[self.config.vec_env],
         )
+        k = self.config.frame_stack
+        return env if k == 1 else VecFrameStack(env, k, channels_order="last")
 
     def _fit(self, dataset: Any, *, log_dir: Path | None, progress: bool) -> Mapping[str, Any]:
         cfg = self.config
@@ -240,20 +242,20 @@ class SB3Agent(BaseAgent):
     ) -> tuple[np.ndarray, Any]:
         """Actions for a batch of BEV frames ``(B, 128, 128, 3)`` uint8: ``(B,)`` ints in
         discrete mode, ``(B, 2)`` floats in ``[-1, 1]`` in continuous mode.  Frames are
-        area-averaged to the policy's ``image_size`` first, as in training."""
+        area-averaged to the policy's ``image_size`` first, as in training; with
+        ``frame_stack`` k > 1 ``state`` carries the last k frames (None: a new episode)."""
         model = self._trained_model()
         obs = np.asarray(obs)
-        c, h, w = model.observation_space.shape  # SB3 stores the transposed image space
-        if obs.ndim != 4 or obs.shape[1:] != (128, 128, c) or obs.dtype != np.uint8:
+        if obs.ndim != 4 or obs.shape[1:] != (128, 128, 3) or obs.dtype != np.uint8:
             raise ValueError(
-                f"{self.name}.act expects a batch of BEV frames of shape (B, 128, 128, {c}) "
+                f"{self.name}.act expects a batch of BEV frames of shape (B, 128, 128, 3) "
                 f"and dtype uint8, got shape {obs.shape} and dtype {obs.dtype} "
                 "(one frame: pass obs[None])"
             )
-        obs = downsample(obs, h)
-        actions, state = model.predict(
-            obs, state=state, episode_start=episode_start, deterministic=deterministic
-        )
+        _, h, _ = model.observation_space.shape  # SB3 stores the transposed image space
+        frames = downsample(obs, h).transpose(0, 3, 1, 2)  # (B, 3, h, h), as SB3 feeds it
+        x, state = stack_frames(frames, state, episode_start, self.config.frame_stack)
+        actions, _ = model.predict(x, deterministic=deterministic)
         space = model.action_space
         if isinstance(space, gym.spaces.Box):
             actions = np.clip(actions, space.low, space.high)  # float rounding of the squash

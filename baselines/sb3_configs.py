@@ -47,6 +47,10 @@ class SB3Config:
             divisor; smaller frames are area-averaged by
             :class:`carla_safe_envs.wrappers.DownsampleObservation` in the training envs and
             by the same function in ``act`` (64 px: 4 x 4 x 64 CNN maps, ~4x cheaper).
+        frame_stack: the policy sees the last ``frame_stack`` frames, oldest first, stacked on
+            the channel axis (SB3's ``VecFrameStack`` in training, the same stacks in ``act``;
+            zeros before an episode's first frame).  One BEV frame shows no speed: the zoo's
+            Atari entries stack 4.
         augment_shift: random-shift augmentation of the frames in each gradient step, up to
             this many px at ``image_size`` on each axis (DrQ's 4 px on 84 px frames); 0: none.
             Acting never sees a shifted frame (:class:`baselines.sb3_pixel.ShiftedNatureCNN`).
@@ -61,11 +65,19 @@ class SB3Config:
     batch_size: int = 256
     features_dim: int = 512
     image_size: int = 128
+    frame_stack: int = 1
     augment_shift: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        positive = ("total_timesteps", "n_envs", "batch_size", "features_dim", "image_size")
+        positive = (
+            "total_timesteps",
+            "n_envs",
+            "batch_size",
+            "features_dim",
+            "image_size",
+            "frame_stack",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise AgentError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -175,7 +187,8 @@ class PPOConfig(SB3Config):
 class ReplayConfig(SB3Config):
     """Fields of the replay-buffer algorithms (DQN, SAC).
 
-    A replay buffer of BEV frames is the memory cost of these agents: 48 KiB per frame, so
+    A replay buffer of BEV frames is the memory cost of these agents: 48 KiB per frame (times
+    ``frame_stack``: SB3 stores each stacked observation whole), so
     100,000 transitions hold 4.9 GB of observations with ``optimize_memory_usage`` (each frame
     stored once) and 9.8 GB without (the next observation stored apart).
 
@@ -207,7 +220,7 @@ class ReplayConfig(SB3Config):
     @property
     def replay_bytes(self) -> int:
         """Approximate RAM of the buffer's observations [bytes]."""
-        frame = FRAME_BYTES * (self.image_size / 128) ** 2
+        frame = FRAME_BYTES * (self.image_size / 128) ** 2 * self.frame_stack
         return int(self.buffer_size * frame * (1 if self.optimize_memory_usage else 2))
 
     def algorithm_kwargs(self) -> dict[str, Any]:
@@ -397,7 +410,9 @@ SAC_PRESETS = _presets(
     # steps.  A 0.5 GB replay of 64 px frames.  ~20 steps/s while 4 jobs shared the 2 vCPUs.
     # DrQ's two pixel remedies (the actor on the critic's detached encoder, a 4 px random
     # shift): SB3's defaults ended Left Turn standing off the lane (Return -33.0, README
-    # learn-check ablations), these ended it at 50.4; both are erratic between points.
+    # learn-check ablations), these ended it at 50.4; both are erratic between points, and
+    # on Four Lane it sped to 6.5-9 m/s at most points: one frame shows no speed, so 4
+    # stacked frames (a 2 GB replay).
     cpu={
         "total_timesteps": 40_000,
         "buffer_size": 40_000,
@@ -408,5 +423,6 @@ SAC_PRESETS = _presets(
         "image_size": 64,
         "critic_encoder": True,
         "augment_shift": 4,
+        "frame_stack": 4,
     },
 )

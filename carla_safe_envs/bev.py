@@ -485,6 +485,32 @@ def downsample(frames: np.ndarray, size: int) -> np.ndarray:
     return (total // (k * k)).astype(np.uint8)
 
 
+def stack_frames(
+    frames: np.ndarray,
+    state: np.ndarray | None,
+    episode_start: np.ndarray | None,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The network input ``(B, C * k, H, W)`` of the last ``k`` channel-first ``frames``
+    ``(B, C, H, W)`` at acting time, and the new state (the same array; None when ``k`` is 1).
+
+    Oldest frame first, zeros before an episode's first frame (a None state, a batch of
+    another size, or ``episode_start``): the order and padding of d3rlpy's
+    ``FrameStackTransitionPicker`` and of stable-baselines3's ``VecFrameStack``, so an agent
+    acts on the stacks it was trained on."""
+    if k == 1:
+        return np.ascontiguousarray(frames), None
+    batch, channels = frames.shape[:2]
+    if state is None or state.shape != (batch, channels * k, *frames.shape[2:]):
+        history = np.zeros((batch, channels * (k - 1), *frames.shape[2:]), frames.dtype)
+    else:
+        history = state[:, channels:].copy()
+        if episode_start is not None:
+            history[np.asarray(episode_start, dtype=bool).reshape(batch)] = 0
+    stacked = np.concatenate([history, frames], axis=1)
+    return stacked, stacked
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 

@@ -23,9 +23,9 @@ from baselines.offline import (  # noqa: E402
     CQLAgent,
     D3rlpyAgent,
     IQLAgent,
-    stack_frames,
 )
 from carla_safe_envs.agents import PRESET_NAMES, AgentError, load_agent, make_agent  # noqa: E402
+from carla_safe_envs.bev import stack_frames  # noqa: E402
 from carla_safe_envs.datasets import OfflineDataset  # noqa: E402
 from carla_safe_envs.env import discrete_to_continuous  # noqa: E402
 
@@ -189,7 +189,6 @@ def test_frame_stack_matches_the_training_transitions() -> None:
     k, length = 3, 5
     rng = np.random.default_rng(0)
     frames = rng.integers(1, 256, size=(2, length, 3, 8, 8), dtype=np.uint8)  # (B, T, C, H, W)
-    config = dataclasses.replace(BCAgent.presets["debug"], frame_stack=k)
     picker = FrameStackTransitionPicker(k)
     episodes = [
         Episode(
@@ -202,17 +201,16 @@ def test_frame_stack_matches_the_training_transitions() -> None:
     ]
     state = None
     for t in range(length):
-        x, state = stack_frames(frames[:, t], state, np.full(2, t == 0), config)
+        x, state = stack_frames(frames[:, t], state, np.full(2, t == 0), k)
         assert x.shape == (2, 3 * k, 8, 8) and x is state
         for b in range(2):
             np.testing.assert_array_equal(x[b], picker(episodes[b], t).observation)
-    x, _ = stack_frames(frames[:, 0], state, np.array([True, False]), config)
+    x, _ = stack_frames(frames[:, 0], state, np.array([True, False]), k)
     np.testing.assert_array_equal(x[0], picker(episodes[0], 0).observation)  # reset
     np.testing.assert_array_equal(
         x[1, : 3 * (k - 1)], frames[1, length - k + 1 :].reshape(-1, 8, 8)
     )
-    single = dataclasses.replace(config, frame_stack=1)
-    x, state = stack_frames(frames[:, 0], None, None, single)
+    x, state = stack_frames(frames[:, 0], None, None, 1)
     assert state is None and np.array_equal(x, frames[:, 0])
 
 

@@ -93,7 +93,7 @@ def test_presets_are_typed_distinct_and_ordered(cls: type) -> None:
         # a debug buffer fits in memory anywhere; small and cpu stay under 3 GB on a CPU
         assert presets["debug"].replay_bytes < 50e6
         assert presets["small"].replay_bytes < 3e9
-        assert presets["cpu"].replay_bytes < 1.5e9
+        assert presets["cpu"].replay_bytes < 3e9  # SAC: 4 stacked 64 px frames, 2.0 GB
         assert presets["debug"].learning_starts < presets["debug"].total_timesteps
 
 
@@ -125,6 +125,7 @@ def test_sb3_accepts_every_preset(cls: type, preset: str) -> None:
         (SACConfig, {"buffer_size": 0}, "buffer_size must be >= 1"),
         (SACConfig, {"gamma": 1.5}, r"gamma must be in \(0, 1\]"),
         (SACConfig, {"augment_shift": 16, "image_size": 64}, r"augment_shift must be in \[0, "),
+        (SACConfig, {"frame_stack": 0}, "frame_stack must be >= 1"),
     ],
 )
 def test_bad_config_values_raise(config_cls: type, fields: dict, match: str) -> None:
@@ -242,3 +243,29 @@ def test_training_envs_are_seeded_from_the_agent_seed() -> None:
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a[1], c[0])  # seed 3 + 1 == seed 4 + 0
     assert not np.array_equal(a[0], a[1])
+
+
+def test_frame_stack_acts_on_the_stacks_it_was_trained_on() -> None:
+    """With ``frame_stack`` 3 the training envs hand the policy the last 3 frames (SB3's
+    ``VecFrameStack``), and ``act``, fed only each step's newest frame, rebuilds exactly those
+    stacks (zeros before an episode's first frame, reset at ``episode_start``) and so picks
+    the actions the model picks on the training observation."""
+    agent = make_agent("ppo", TASK, preset="debug", seed=0, config={"frame_stack": 3})
+    agent.fit(progress=False)
+    assert agent.model is not None and agent.model.observation_space.shape == (9, 128, 128)
+    venv = agent.make_vec_env()
+    stacked = venv.reset()  # (2, 128, 128, 9): the debug preset steps 2 envs
+    assert stacked.shape == (2, 128, 128, 9) and not stacked[..., :6].any()
+    state, starts = None, np.ones(2, bool)
+    for _ in range(40):
+        newest = np.ascontiguousarray(stacked[..., -3:])
+        actions, state = agent.act(newest, state, starts)
+        np.testing.assert_array_equal(state, stacked.transpose(0, 3, 1, 2))
+        expected, _ = agent.model.predict(stacked, deterministic=True)
+        np.testing.assert_array_equal(actions, expected)
+        stacked, _, starts, _ = venv.step(actions)
+    venv.close()
+    assert state.shape == (2, 9, 128, 128)
+    single = make_agent("ppo", TASK, preset="debug", seed=0)
+    single.fit(progress=False)
+    assert single.act(newest)[1] is None  # one frame: nothing to carry
