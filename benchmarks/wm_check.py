@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--examples", type=int, default=2, help="windows drawn (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="window sampling seed (default 0)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--speed-probe",
+        action="store_true",
+        help="also fit read-outs of the ego speed from the model's state on whole episodes",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -41,6 +46,16 @@ def format_result(result: dict) -> str:
         f"imagined steps; safety labels: {'yes' if result['labels'] else 'no'}",
         format_table(rows, label="steps", digits=4),
     ]
+    if "speed_probe" in result:
+        probe = result["speed_probe"]
+        lines.append(
+            f"speed read-out on {probe['test_steps']} held-out steps (speed std "
+            f"{probe['speed_std']:.2f} m/s): "
+            + ", ".join(
+                f"{part} R^2 {probe[part]['r2']:.2f} (RMSE {probe[part]['rmse']:.2f} m/s)"
+                for part in ("deter", "stoch", "feat")
+            )
+        )
     if "png" in result:
         lines.append(f"wrote {result['png']}")
     return "\n".join(lines)
@@ -48,7 +63,7 @@ def format_result(result: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from carla_safe_envs.datasets import OfflineDataset
-    from vlsafe.wm_check import check_world_model
+    from vlsafe.wm_check import check_world_model, speed_probe
     from vlsafe.wm_training import load_world_model
 
     weights = Path(args.model_dir) / WEIGHTS
@@ -66,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 png=args.out,
             )
+            if args.speed_probe:
+                result["speed_probe"] = speed_probe(model, dataset)
     except (FileNotFoundError, ValueError, KeyError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,6 +15,11 @@ first ``context`` frames (posterior: reconstructions) and then imagines the rema
   (``p(s) < 0.5``), computed with :func:`vlsafe.label_report.auroc` (None when the windows hold
   only one class or the dataset has no labels).
 
+:func:`speed_probe` asks whether the model's state knows the ego's speed, which one BEV frame
+does not show: it filters whole episodes through the model and fits ridge regressions from
+the posterior's deterministic part (the GRU), its stochastic part (the image's latent) and both
+to the speed the frame was taken at; it reports R^2 and RMSE on held-out episodes.
+
 For held-out numbers pass a dataset the model was not trained on (e.g. collected with another
 ``--seed``).  :func:`prediction_figure` draws rows truth / model / |error| for a few windows, as
 the VL-SAFE poster's figure; the separator marks where observation ends and imagination
@@ -30,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from carla_safe_envs.datasets import Sequences
 from vlsafe.label_report import auroc
 from vlsafe.nets import action_dim
 from vlsafe.world_model import WorldModel, make_batch
@@ -153,6 +159,74 @@ def check_world_model(
     }
     if png is not None and figure is not None:
         result["png"] = str(write_png(prediction_figure(*figure, context=context), png))
+    return result
+
+
+def ridge_fit_score(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    ridge: float = 1.0,
+) -> dict[str, float]:
+    """Held-out ``r2`` and ``rmse`` of a ridge regression of ``y`` (N,) on ``x`` (N, D),
+    features standardised on the training rows; ``ridge`` is the penalty per training row
+    (scale-free: the same on 100 or 10,000 rows)."""
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    a, b = (x_train - mean) / std, (x_test - mean) / std
+    offset = y_train.mean()
+    gram = a.T @ a + ridge * len(a) * np.eye(a.shape[1])
+    weights = np.linalg.solve(gram, a.T @ (y_train - offset))
+    residual = y_test - (b @ weights + offset)
+    mse = float((residual**2).mean())
+    return {"r2": 1.0 - mse / max(float(y_test.var()), 1e-12), "rmse": mse**0.5}
+
+
+@torch.no_grad()
+def speed_probe(
+    model: WorldModel, dataset, *, episodes: int = 60, ridge: float = 1e-3
+) -> dict[str, Any]:
+    """How well ``model``'s posterior state encodes the ego speed, on the first ``episodes``
+    episodes of an :class:`OfflineDataset` (every third one held out).
+
+    Each episode is filtered from its first step with the dataset's actions; the target of
+    step ``t`` is the speed its frame was taken at (``infos/speed`` of step ``t - 1``, 0 at
+    the start).  Returns ``{"deter" | "stoch" | "feat": {"r2", "rmse"}, "steps",
+    "test_steps", "speed_std"}``: R^2 near 1 means a linear read-out recovers the speed.
+    """
+    speed = dataset.signal("speed")
+    bounds = dataset.episode_bounds()[:episodes]
+    if len(bounds) < 3:
+        raise ValueError(f"{dataset.path} has {len(bounds)} episodes; the probe needs >= 3")
+    device = next(model.parameters()).device
+    model.eval()
+    feats, targets, held_out = [], [], []
+    for index, (start, stop) in enumerate(bounds):
+        rows = np.arange(start, stop)
+        seqs = Sequences(
+            observations=dataset.frames(rows)[None],
+            actions=dataset.actions[rows][None],
+            rewards=dataset.rewards[rows][None],
+            costs=dataset.costs[rows][None],
+            terminals=dataset.terminals[rows][None],
+            timeouts=dataset.timeouts[rows][None],
+            is_first=(rows == start)[None],
+            safety=None,
+        )
+        batch = make_batch(seqs, dataset.action_mode, device)
+        post, _ = model.observe(batch.obs, batch.prev_actions, batch.is_first)
+        feats.append((post["deter"][0].cpu().numpy(), post["stoch"][0].flatten(-2).cpu().numpy()))
+        targets.append(np.r_[0.0, speed[rows[:-1]]])
+        held_out.append(np.full(len(rows), index % 3 == 0))
+    y, test = np.concatenate(targets), np.concatenate(held_out)
+    deter = np.concatenate([f[0] for f in feats])
+    stoch = np.concatenate([f[1] for f in feats])
+    parts = {"deter": deter, "stoch": stoch, "feat": np.concatenate([deter, stoch], 1)}
+    result: dict[str, Any] = {
+        name: ridge_fit_score(x[~test], y[~test], x[test], y[test], ridge)
+        for name, x in parts.items()
+    }
+    result |= {"steps": len(y), "test_steps": int(test.sum()), "speed_std": float(y.std())}
     return result
 
 
