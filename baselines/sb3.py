@@ -4,7 +4,9 @@ One generic :class:`SB3Agent` drives all three; each subclass only names its reg
 its SB3 algorithm and its presets.  The policy is SB3's ``CnnPolicy`` (the Nature-DQN CNN) on
 the raw BEV: observations stay ``(128, 128, 3)`` uint8 until the network, SB3 wraps the
 training environments in ``VecTransposeImage`` (channel-first) and divides by 255 inside the
-policy.  No frame stacking: the BEV already shows the route and the traffic around the ego.
+policy.  ``frame_stack`` (default 1) stacks the last k frames on the channel axis with SB3's
+``VecFrameStack`` and rebuilds the same stacks in ``act``: one BEV frame shows the route
+and the traffic but not the ego's speed (SAC's ``cpu`` preset stacks 4).
 
 Hyperparameters are typed, frozen dataclasses (:mod:`baselines.sb3_configs`) whose defaults
 are the ``paper`` preset, derived from rl-baselines3-zoo's recommended image settings; each

@@ -130,7 +130,7 @@ class PPOConfig(SB3Config):
     256, learning rate 2.5e-4 and clip range 0.1 both decaying linearly to 0, entropy
     coefficient 0.01, value coefficient 0.5.  Differences: 1e6 steps instead of 1e7 frames
     (the zoo counts frames of a 4-frame skip, so 2.5e6 agent steps; our budget is the same
-    for the three SB3 agents, ~28 h of driving), and no frame stack (see the module).
+    for the three SB3 agents, ~28 h of driving), and no frame stack (``frame_stack`` 1).
 
     Attributes:
         n_steps: steps per environment in one rollout (a rollout is ``n_steps * n_envs``).
