@@ -15,6 +15,26 @@ imports ``vlsafe`` (the registry reaches it by import string).  ``make_agent`` a
     agent.save("runs/bc-left")
 """
 
+import contextlib
+import importlib.util
+import io
+import sys
+
 from carla_safe_envs.agents import AGENTS, TABLE_MODELS, Agent, AgentError, load_agent, make_agent
+
+
+def _import_legacy_gym_quietly() -> None:
+    """Import the legacy ``gym`` package (if installed) with its import-time notice muted.
+
+    d3rlpy depends on gym 0.26 and imports it, and so does stable-baselines3's compatibility
+    shim when it is installed; gym then prints a "Gym has been unmaintained" notice to stderr
+    on every command line run.  carla-safe uses Gymnasium only and calls nothing in gym."""
+    if "gym" in sys.modules or importlib.util.find_spec("gym") is None:
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        import gym  # noqa: F401
+
+
+_import_legacy_gym_quietly()
 
 __all__ = ["AGENTS", "TABLE_MODELS", "Agent", "AgentError", "load_agent", "make_agent"]

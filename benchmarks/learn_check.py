@@ -369,8 +369,9 @@ def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run_label(summary: Mapping[str, Any]) -> str:
-    """``model (preset)`` and every config field of the run that differs from the preset as it
-    is now: an ablation's ``--config`` overrides, or what a preset changed since the run.
+    """``model (preset)``, every config field of the run that differs from the preset as it
+    is now (an ablation's ``--config`` overrides, or what a preset changed since the run) and
+    its env options other than the action mode (``--env-kwargs``).
     Runs store their whole config (``agent_config``); older summaries only the overrides."""
     from carla_safe_envs.agents import get_spec
 
@@ -383,6 +384,9 @@ def run_label(summary: Mapping[str, Any]) -> str:
         for key, value in ran.items()
         if key in current and current[key] != value
     ]
+    # env options beyond the action mode (the model's own), e.g. ``speed_cue=True``
+    env = sorted((summary.get("env_kwargs") or {}).items())
+    changed += [f"{key}={value}" for key, value in env if key != "action_mode"]
     return f"{summary['model']} ({', '.join([summary['preset'], *changed])})"
 
 

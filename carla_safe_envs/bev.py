@@ -55,6 +55,9 @@ YELLOW = (255, 255, 0)
 ROUTE_COLOR = (0, 0, 255)
 VEHICLE_COLOR = (0, 255, 0)
 EGO_COLOR = (255, 0, 0)
+SPEED_CUE_COLOR = (255, 0, 255)  # magenta: no other layer uses it
+SPEED_CUE_MAX = 10.0  # speed of a full-height bar [m/s]
+SPEED_CUE_WIDTH = 1.0 / 32  # bar width as a fraction of the image side (4 px at 128 px)
 
 BAND_STEP = 4.0  # level band spacing [m]
 BAND_HALF = 4.5  # lane geometry within this of the band's level is drawn [m]
@@ -483,6 +486,31 @@ def downsample(frames: np.ndarray, size: int) -> np.ndarray:
     total = sum(rows[..., j::k, :] for j in range(k))  # ~10x faster than reshape + sum
     total += (k * k) // 2  # round half up
     return (total // (k * k)).astype(np.uint8)
+
+
+def draw_speed_cue(image: np.ndarray, speed: float) -> np.ndarray:
+    """Draw ``speed`` [m/s] into a BEV ``image`` (S, S, 3) uint8, in place, as a magenta bar
+    rising from the bottom of the left edge: ``S * min(speed / SPEED_CUE_MAX, 1)`` rows high,
+    the top row blended by its fraction, so that the speed survives area downsampling (at
+    32 px a bar 3.2 px per m/s).  A single BEV frame shows where the ego is, not how fast it
+    goes; the bar is the ``speed_cue`` env option that makes it visible.  Returns ``image``."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (S, S, 3) uint8 image, got {image.shape} {image.dtype}")
+    if not math.isfinite(speed) or speed < 0:
+        raise ValueError(f"speed must be a finite number >= 0 [m/s], got {speed!r}")
+    side = image.shape[0]
+    width = max(1, round(side * SPEED_CUE_WIDTH))
+    height = side * min(speed / SPEED_CUE_MAX, 1.0)
+    full = int(height)
+    bar = image[:, :width]
+    color = np.array(SPEED_CUE_COLOR, np.float32)
+    if full:
+        bar[side - full :] = SPEED_CUE_COLOR
+    frac = height - full
+    if frac > 0 and full < side:
+        row = bar[side - full - 1]
+        row[:] = np.rint(row * (1.0 - frac) + color * frac).astype(np.uint8)
+    return image
 
 
 def stack_frames(

@@ -17,7 +17,10 @@ Observation Space:
     ``Box(0, 255, (128, 128, 3), uint8)``: bird's-eye view, ego heading up at column 64 /
     row 80, 4 px per metre (20 m ahead, 12 m behind, 16 m each side); road grey, lane markings
     white / yellow, route blue, ego red, other vehicles green.  ``render_observation=False``
-    returns black frames (for fast rollouts that do not look at the image).
+    returns black frames (for fast rollouts that do not look at the image).  ``speed_cue=True``
+    (not CarDreamer's: default off) draws the ego's speed as a magenta bar up the left edge,
+    full height at 10 m/s (:func:`carla_safe_envs.bev.draw_speed_cue`): one frame shows no
+    speed, and the models that see one frame (or a 32 px one) cannot tell 4 m/s from 7.
 
 Rewards (CarDreamer), reported by name in ``info["reward_terms"]``:
     ``waypoint`` +2 per route waypoint reached (waypoints 1 m apart); ``speed``
@@ -44,7 +47,7 @@ Episode End:
 
 Arguments:
     ``gym.make(ID, backend="sim", action_mode="discrete", render_mode=None,
-    render_observation=True, backend_options=None, **task_options)``; task options:
+    render_observation=True, speed_cue=False, backend_options=None, **task_options)``; task options:
     Four Lane ``num_vehicles``, ``traffic_speed``, ``stretch_min``, ``stretch_max``,
     ``change_length``; Left/Right Turn ``difficulty`` (simple / medium / hard),
     ``flow_speed``; Navigation ``num_vehicles``, ``traffic_speed``, ``route_length``.
@@ -73,7 +76,7 @@ from carla_safe_envs.backends.base import (
     X,
     Y,
 )
-from carla_safe_envs.bev import BevRenderer
+from carla_safe_envs.bev import BevRenderer, draw_speed_cue
 from carla_safe_envs.geometry import time_to_collision
 from carla_safe_envs.maps import load_town
 from carla_safe_envs.tasks import ACC_VALUES, TASKS
@@ -163,6 +166,7 @@ class CarlaSafeEnv(gym.Env):
         action_mode: str = "discrete",
         render_mode: str | None = None,
         render_observation: bool = True,
+        speed_cue: bool = False,
         backend_options: dict[str, Any] | None = None,
         **task_options: Any,
     ):
@@ -183,6 +187,9 @@ class CarlaSafeEnv(gym.Env):
         self.action_mode = action_mode
         self.render_mode = render_mode
         self.render_observation = bool(render_observation)
+        if not isinstance(speed_cue, (bool, np.bool_)):
+            raise TypeError(f"speed_cue must be True or False, got {speed_cue!r}")
+        self.speed_cue = bool(speed_cue)
         self.observation_space = spaces.Box(0, 255, (OBS_SIZE, OBS_SIZE, 3), np.uint8)
         if action_mode == "discrete":
             self._discrete_values = [tuple(v) for v in discrete_action_values(task).tolist()]
@@ -339,7 +346,11 @@ class CarlaSafeEnv(gym.Env):
     def _observe(self) -> np.ndarray:
         if not self.render_observation:
             return np.zeros(self.observation_space.shape, np.uint8)
-        return self._bev.render(self.snapshot.ego, self.snapshot.others, self._route_ahead())
+        ego = self.snapshot.ego
+        image = self._bev.render(ego, self.snapshot.others, self._route_ahead())
+        if self.speed_cue:
+            draw_speed_cue(image, self.snapshot.ego_speed)
+        return image
 
     def render(self):
         """A 512 x 512 BEV of the last state (64 m x 64 m) when ``render_mode="rgb_array"``."""

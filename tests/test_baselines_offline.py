@@ -362,3 +362,13 @@ def test_acc_balance_samples_the_three_accelerations_evenly(discrete_data: Path)
     np.random.seed(0)
     shares = np.bincount(plain.sample_transition_batch(3_000).actions.reshape(-1).astype(int) // 5)
     assert shares.min() / 3_000 < 0.2
+
+
+def test_importing_the_baselines_prints_no_legacy_gym_notice():
+    """d3rlpy and SB3's shim import the legacy gym, which would print its notice on stderr."""
+    import subprocess
+    import sys
+
+    code = "import baselines.offline, baselines.sb3, d3rlpy, stable_baselines3, gym"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "unmaintained" not in done.stderr, done.stderr

@@ -16,9 +16,12 @@ from carla_safe_envs.bev import (
     EGO_COLOR,
     ROAD_COLOR,
     ROUTE_COLOR,
+    SPEED_CUE_COLOR,
+    SPEED_CUE_MAX,
     VEHICLE_COLOR,
     BevRenderer,
     downsample,
+    draw_speed_cue,
     level_band,
 )
 from carla_safe_envs.maps import RoadMap, load_town
@@ -372,3 +375,35 @@ def test_downsample_rejects_what_it_cannot_average() -> None:
         downsample(frames.astype(np.float32), 64)
     with pytest.raises(ValueError, match="must divide"):
         downsample(np.zeros((128, 64, 3), np.uint8), 32)
+
+
+@pytest.mark.parametrize("speed, rows", [(0.0, 0.0), (4.0, 51.2), (2.5, 32.0), (25.0, 128.0)])
+def test_speed_cue_bar_height_encodes_speed(speed, rows):
+    image = np.zeros((128, 128, 3), np.uint8)
+    draw_speed_cue(image, speed)
+    bar = image[:, :4]
+    assert not image[:, 4:].any()  # only the 4 px column at the left edge
+    full = np.all(bar == SPEED_CUE_COLOR, axis=2).all(axis=1)
+    assert full.sum() == int(rows) and full[128 - int(rows) :].all()
+    # the magenta mass, partial top row included, is the bar's exact height
+    assert bar[..., 0].sum() / (4 * 255.0) == pytest.approx(rows, abs=0.5 / 255 * 4)
+    assert rows == pytest.approx(128 * min(speed / SPEED_CUE_MAX, 1.0))
+
+
+def test_speed_cue_survives_area_downsampling():
+    """4 and 7 m/s, the expert's speed and a speeding collapse, stay apart at 32 px."""
+    heights = []
+    for speed in (4.0, 4.1, 7.0):
+        image = draw_speed_cue(np.zeros((128, 128, 3), np.uint8), speed)
+        small = downsample(image[None], 32)[0]
+        heights.append(small[:, 0, 0].sum() / 255.0)  # bar height in 32 px rows
+    assert heights[0] == pytest.approx(12.8, abs=0.01)
+    assert heights[2] == pytest.approx(22.4, abs=0.01)
+    assert 0.2 < heights[1] - heights[0] < 0.4  # 0.1 m/s is a third of a pixel
+
+
+def test_speed_cue_rejects_bad_input():
+    with pytest.raises(ValueError, match="speed"):
+        draw_speed_cue(np.zeros((8, 8, 3), np.uint8), -1.0)
+    with pytest.raises(ValueError, match="uint8"):
+        draw_speed_cue(np.zeros((8, 8, 3), np.float32), 1.0)

@@ -133,6 +133,25 @@ def test_render_observation_off_returns_black_frames():
     env.close()
 
 
+def test_speed_cue_draws_the_info_speed_and_nothing_else():
+    plain = gym.make("CarlaLeftTurn-v0")
+    cued = gym.make("CarlaLeftTurn-v0", speed_cue=True)
+    a, _ = plain.reset(seed=3)
+    b, info = cued.reset(seed=3)
+    assert info["speed"] == 0.0 and np.array_equal(a, b)  # at rest: no bar
+    for _ in range(25):  # full throttle, straight
+        a, *_ = plain.step(12)
+        b, _, _, _, info = cued.step(12)
+    assert info["speed"] > 4.0
+    magenta = np.all(b[:, :4] == (255, 0, 255), axis=2).all(axis=1)
+    assert magenta.sum() == int(128 * info["speed"] / 10.0)
+    assert np.array_equal(a[:, 4:], b[:, 4:])  # the rest of the view is untouched
+    with pytest.raises(TypeError, match="speed_cue"):
+        gym.make("CarlaLeftTurn-v0", speed_cue="yes")
+    plain.close()
+    cued.close()
+
+
 def test_safety_gymnasium_wrapper_six_tuple():
     from carla_safe_envs.wrappers import SafetyGymnasiumWrapper
 

@@ -144,6 +144,9 @@ def test_run_label_names_what_differs_from_the_preset() -> None:
     assert run_label({**summary, "config": {"alpha": 4.0}}) == "cql (cpu, alpha=4)"
     stored = json.loads(json.dumps({**cpu, "learning_rate": 5e-5}, default=str))
     assert run_label({**summary, "agent_config": stored}) == "cql (cpu, learning_rate=5e-05)"
+    # env options other than the model's own action mode are part of what ran
+    env = {"action_mode": "discrete", "speed_cue": True}
+    assert run_label({**summary, "env_kwargs": env}) == "cql (cpu, speed_cue=True)"
 
 
 def test_table_splits_the_references_by_action_mode(tmp_path: Path) -> None:
