@@ -142,6 +142,11 @@ SMALL_BUDGETS: dict[str, dict[str, Any]] = {
     "vlsafe": {"updates": 200, "pretrain_updates": 50, "checkpoint_every": 100},
 }
 
+#: The ``cpu`` grid draws the ego's speed into every BEV (``speed_cue``, not CarDreamer's): with
+#: it the offline DreamerV3 stopped collapsing to full throttle late in training (README,
+#: learn-check), and every model of the grid sees the same observation.
+CPU_GRID_TASKS = ("CarlaFourLane-v0", "CarlaLeftTurn-v0", "CarlaRightTurn-v0", "CarlaNavigation-v0")
+
 PRESETS: dict[str, GridPreset] = {
     p.name: p
     for p in (
@@ -166,6 +171,7 @@ PRESETS: dict[str, GridPreset] = {
             seeds=(0, 1, 2),
             episodes=20,
             shifts=("density",),
+            env_kwargs={task: {"speed_cue": True} for task in CPU_GRID_TASKS},
         ),
         GridPreset(
             name="paper",

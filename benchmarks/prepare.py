@@ -11,6 +11,7 @@ is kept for the table's caption.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -127,12 +128,14 @@ def _check_reused(path: Path, key: DatasetKey, preset: GridPreset) -> None:
         attrs = data.attrs
         found = (data.task, data.action_mode, data.n_steps, int(attrs["seed"]))
         noise = tuple(float(p) for p in attrs["noise_levels"])
+        env = json.loads(attrs["env_kwargs"]) if "env_kwargs" in attrs else {}
     wanted = (key.task, key.action_mode, key.steps, key.seed)
-    if found != wanted or noise != tuple(preset.dataset_noise):
+    wanted_env = json.loads(json.dumps(dict(preset.env_kwargs.get(key.task, {}))))
+    if found != wanted or noise != tuple(preset.dataset_noise) or env != wanted_env:
         raise GridError(
-            f"{path} holds (task, action mode, steps, seed) {found} with noise {noise}, not "
-            f"{wanted} with noise {tuple(preset.dataset_noise)}; remove it or use another "
-            "--data-dir"
+            f"{path} holds (task, action mode, steps, seed) {found} with noise {noise} and env "
+            f"options {env}, not {wanted} with noise {tuple(preset.dataset_noise)} and env "
+            f"options {wanted_env}; remove it or use another --data-dir"
         )
 
 

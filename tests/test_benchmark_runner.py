@@ -108,6 +108,11 @@ def test_presets() -> None:
     assert len(cells) == 9 * 4 and {c.model for c in cells} == set(TABLE_MODELS)
     assert (get_preset("small").agent_preset, len(get_preset("small").seeds)) == ("small", 3)
     assert get_preset("paper").agent_preset == "paper"
+    # the cpu grid draws the speed cue on all four tasks; the paper's grid is CarDreamer's BEV
+    from benchmarks.published import TABLE_TASKS
+
+    assert get_preset("cpu").env_kwargs == {t: {"speed_cue": True} for t in TABLE_TASKS}
+    assert get_preset("paper").env_kwargs == {} and get_preset("small").env_kwargs == {}
     with pytest.raises(dataclasses.FrozenInstanceError):
         smoke.episodes = 5  # type: ignore[misc]
     assert "seeds" not in smoke.protocol() and smoke.protocol()["name"] == "smoke"
@@ -442,3 +447,20 @@ def test_a_cell_is_made_with_the_grid_budget(tmp_path: Path) -> None:
     assert len(results) == 1
     saved = json.loads((tmp_path / "model" / "agent.json").read_text())
     assert saved["config"]["noise"] == 0.25
+
+
+def test_a_dataset_of_other_env_options_is_not_reused(smoke_run: Path, tmp_path: Path) -> None:
+    """A dataset collected without ``speed_cue`` cannot feed a grid that draws the cue."""
+    from benchmarks.grid import DatasetKey
+    from benchmarks.prepare import DatasetFailure, PreparedDataset, prepare_datasets
+
+    key = DatasetKey(TASKS[0], "discrete", SMOKE.dataset_steps, 0)
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(smoke_run / "datasets" / key.filename, data / key.filename)
+    same = prepare_datasets([key], data, preset=SMOKE, progress=False)[key]
+    assert isinstance(same, PreparedDataset)  # the same options: reused
+    cued = dataclasses.replace(SMOKE, env_kwargs={TASKS[0]: {"speed_cue": True}})
+    failed = prepare_datasets([key], data, preset=cued, progress=False)[key]
+    assert isinstance(failed, DatasetFailure)
+    assert "env options {}, not" in failed.error and "{'speed_cue': True}" in failed.error

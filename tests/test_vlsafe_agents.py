@@ -291,7 +291,7 @@ def test_learner_update_shapes_and_no_gradient_into_the_world_model(
 
     before_wm = {k: v.clone() for k, v in wm.state_dict().items()}
     before = {k: v.clone() for k, v in learner.state_dict().items()}
-    metrics = learner.update(wm, post, DataBatch.from_sequences(batch, "discrete", "cpu"))
+    metrics = learner.update(wm, post, DataBatch.from_sequences(batch, "discrete", agent.device))
     assert metrics and all(math.isfinite(v) for v in metrics.values()), metrics
     for key, value in wm.state_dict().items():
         assert torch.equal(value, before_wm[key]), f"the learner changed the world model: {key}"
@@ -310,9 +310,11 @@ def test_dreamerv3_offline_bc_pulls_the_actor_to_the_dataset_actions(
     agent = make_agent("dreamerv3", TASK, preset="debug", config={"actor_critic.actor_lr": 1e-2})
     agent.trainer.update(agent.wm.make_batch(batch, "discrete"))
     post = agent.trainer.last_post
-    data = DataBatch.from_sequences(batch, "discrete", "cpu")
+    data = DataBatch.from_sequences(batch, "discrete", agent.device)
     data = data._replace(
-        actions=torch.zeros_like(data.actions).index_fill_(-1, torch.tensor([3]), 1)
+        actions=torch.zeros_like(data.actions).index_fill_(
+            -1, torch.tensor([3], device=data.actions.device), 1
+        )
     )
     agent.learner.bc_scale = scale
     for _ in range(30):

@@ -291,7 +291,12 @@ class WorldModel(nn.Module):
         self.safety = MLP(out_dim=1, **head)
         self.register_buffer("bins", two_hot_bins(c.bins), persistent=False)
 
-    make_batch = staticmethod(make_batch)
+    def make_batch(
+        self, seqs, action_mode: str, device: torch.device | str | None = None
+    ) -> WorldModelBatch:
+        """:func:`make_batch` on ``device``, by default the model's own (so a model moved to
+        the GPU is fed there)."""
+        return make_batch(seqs, action_mode, self.bins.device if device is None else device)
 
     # --- latent dynamics
     def initial(self, batch_size: int) -> State:
