@@ -39,6 +39,7 @@ import csv
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -66,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-root", type=Path, default=DEFAULT_ROOT, help="runs go here")
     parser.add_argument("--out", type=Path, help="one run's directory (one model and task)")
     parser.add_argument("--table", type=Path, metavar="DIR", help="print the table of DIR")
+    parser.add_argument(
+        "--gallery",
+        type=Path,
+        metavar="FILE",
+        help="with --table: also write a Markdown page of the table and every run's curve",
+    )
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per point")
     parser.add_argument("--points", type=int, default=10, help="evaluation points in the budget")
@@ -210,7 +217,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.table is not None:
         print(results_table(args.table))
+        if args.gallery is not None:
+            args.gallery.parent.mkdir(parents=True, exist_ok=True)
+            args.gallery.write_text(results_gallery(args.table, args.gallery))
+            print(f"wrote {args.gallery}", file=sys.stderr)
         return 0
+    if args.gallery is not None:
+        print("error: --gallery goes with --table DIR", file=sys.stderr)
+        return 2
     if not args.model or not args.task:
         print("error: give --model and --task (or --table DIR)", file=sys.stderr)
         return 2
@@ -448,6 +462,45 @@ def results_table(root: Path) -> str:
         f"--table {root}` from the runs' summary.json files."
     )
     return "\n".join(lines)
+
+
+def results_gallery(root: Path, page: Path) -> str:
+    """A Markdown page for ``page``: the table of ``root`` (:func:`results_table`), then per
+    task every run's ``curve.png``, linked relative to the page's folder, under its label."""
+    from benchmarks.published import TABLE_TASKS
+    from carla_safe_envs.agents import TABLE_MODELS
+
+    root = Path(root)
+    runs = [(p.parent, json.loads(p.read_text())) for p in sorted(root.glob(f"*/{SUMMARY_JSON}"))]
+    order = {m: i for i, m in enumerate(TABLE_MODELS)}
+    lines = [
+        f"# Learning curves: `{root.as_posix()}`",
+        "",
+        f"Made by `python -m benchmarks learn-check --table {root.as_posix()} --gallery "
+        f"{page.as_posix()}`. Each curve: Return, Cost, AR and CR at the evaluation points of "
+        "one run, the stand-still, random and expert references as lines.",
+        "",
+        results_table(root),
+    ]
+    for task, task_name in TABLE_TASKS.items():
+        mine = sorted(
+            ((d, s) for d, s in runs if s["task"] == task), key=lambda r: order[r[1]["model"]]
+        )
+        if not mine:
+            continue
+        lines += ["", f"## {task_name}"]
+        for run_dir, summary in mine:
+            image = Path(os.path.relpath(run_dir / CURVE_PNG, page.resolve().parent))
+            final = summary["final"]
+            lines += [
+                "",
+                f"**{run_label(summary)}**: final Return {final['Return']:.1f}, Cost "
+                f"{final['Cost']:.1f}, AR {final['AR']:.2f}, CR {final['CR']:.2f} "
+                f"(`{run_dir.as_posix()}`)",
+                "",
+                f"![{summary['model']} on {task_name}]({image.as_posix()})",
+            ]
+    return "\n".join(lines) + "\n"
 
 
 LEARN_CHECK_COMMAND = (HELP, add_arguments, run)

@@ -103,6 +103,8 @@ def test_learn_check_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "--out-root" in capsys.readouterr().err
     assert main(["learn-check", "--table", str(tmp_path)]) == 0
     assert "no finished learn-check runs" in capsys.readouterr().out
+    assert main(["learn-check", "--gallery", str(tmp_path / "g.md"), *argv[1:5]]) == 2
+    assert "--gallery goes with --table" in capsys.readouterr().err
     assert main([*argv, "--preset", "debug", "--config", "bogus=1", "--no-progress"]) == 2
     assert "unknown config field" in capsys.readouterr().err
 
@@ -178,3 +180,27 @@ def test_table_splits_the_references_by_action_mode(tmp_path: Path) -> None:
     assert "| Left Turn | *random (discrete)* | 56.6 |" in table
     assert "| Left Turn | *random (continuous)* | 7.4 |" in table
     assert "| Left Turn | dqn (cpu) | 10.0 |" in table and table.count("| no |") == 1
+
+
+def test_gallery_links_every_committed_curve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--gallery`` pages link each run's curve relative to where the page is written."""
+    import re
+
+    from benchmarks.learn_check import results_gallery
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    root = Path("results/learn-check")
+    runs = sorted(root.glob("*/summary.json"))
+    if not runs:
+        pytest.skip("no committed learn-check runs")
+    page = tmp_path / "deep" / "gallery.md"
+    text = results_gallery(root, page)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) == len(runs)
+    assert all((page.parent / link).resolve().is_file() for link in links)
+    # the committed page is exactly what the command makes (no hand edits, no stale rows)
+    committed = repo / "docs" / "learn-check.md"
+    assert committed.read_text() == results_gallery(root, Path("docs/learn-check.md"))
