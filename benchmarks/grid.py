@@ -34,6 +34,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from benchmarks.published import TABLE_TASKS
+
 LabelerChoice = Literal["auto", "clip", "oracle"]
 
 
@@ -142,11 +144,6 @@ SMALL_BUDGETS: dict[str, dict[str, Any]] = {
     "vlsafe": {"updates": 200, "pretrain_updates": 50, "checkpoint_every": 100},
 }
 
-#: The ``cpu`` grid draws the ego's speed into every BEV (``speed_cue``, not CarDreamer's): with
-#: it the offline DreamerV3 stopped collapsing to full throttle late in training (README,
-#: learn-check), and every model of the grid sees the same observation.
-CPU_GRID_TASKS = ("CarlaFourLane-v0", "CarlaLeftTurn-v0", "CarlaRightTurn-v0", "CarlaNavigation-v0")
-
 PRESETS: dict[str, GridPreset] = {
     p.name: p
     for p in (
@@ -171,7 +168,10 @@ PRESETS: dict[str, GridPreset] = {
             seeds=(0, 1, 2),
             episodes=20,
             shifts=("density",),
-            env_kwargs={task: {"speed_cue": True} for task in CPU_GRID_TASKS},
+            # the ego's speed drawn into every BEV (``speed_cue``, not CarDreamer's): with it
+            # the offline DreamerV3 stopped collapsing to full throttle late in training
+            # (README, learn-check), and every model of the grid sees the same observation
+            env_kwargs={task: {"speed_cue": True} for task in TABLE_TASKS},
         ),
         GridPreset(
             name="paper",
@@ -265,8 +265,6 @@ def make_cells(
     """The cells of ``preset`` (default: the nine table models, the four tasks in the table's
     order, the preset's seeds), ordered task by task so that a task's datasets are used by
     consecutive cells."""
-    from benchmarks.published import TABLE_TASKS
-
     models = check_models(default_models() if models is None else models)
     tasks = check_tasks(tuple(TABLE_TASKS) if tasks is None else tasks)
     seeds = tuple(dict.fromkeys(preset.seeds if seeds is None else seeds))
