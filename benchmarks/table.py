@@ -23,7 +23,10 @@ then each level of each shift) the mean over seeds of Return, Cost, AR and CR wi
 
 Writes ``table.md``, ``table.csv`` and ``table.tex`` into the result directory (or the
 ``--out`` file in ``--format``), the plots of :mod:`benchmarks.plots` and the generalization
-table next to them.
+table next to them, and ``headline.md``: Return, Cost, AR and CR of the same cells, then per
+task our Return ranking against the paper's (Kendall's tau) and whether VL-SAFE has the best
+Return at comparable Cost, ours and published.  ``--readme FILE`` also puts the headline into
+``FILE`` between the lines ``<!-- headline: DIR -->`` and ``<!-- /headline -->``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from benchmarks.published import HIGHER_IS_BETTER, SOURCE, TABLE_TASKS, load_published
 from benchmarks.stats import DEFAULT_REPS, Interval, mean_interval
@@ -309,8 +314,9 @@ def write_outputs(
     reps: int = DEFAULT_REPS,
 ) -> tuple[str, list[Path]]:
     """Summarize ``root``; write the table (``out`` in ``fmt``, or ``table.md/.csv/.tex`` in
-    ``root``) and the plots next to it, and ``table-generalize.md/.csv`` there when the store
-    holds evaluations under shifts.  Returns the ``fmt`` text and the files written."""
+    ``root``), ``headline.md`` (:func:`format_headline_markdown`) and the plots next to it, and
+    ``table-generalize.md/.csv`` there when the store holds evaluations under shifts.  Returns
+    the ``fmt`` text and the files written."""
     from benchmarks.plots import write_plots
 
     table = summarize(root, reps=reps)
@@ -324,6 +330,9 @@ def write_outputs(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(texts[name])
         written.append(path)
+    headline = Path(targets[fmt]).parent / f"{HEADLINE_NAME}.md"
+    headline.write_text(format_headline_markdown(table))
+    written.append(headline)
     if plots:
         written += write_plots(table, Path(targets[fmt]).parent, reps=reps)
     shifted = summarize_generalization(root, reps=reps)
@@ -496,6 +505,140 @@ def format_generalization_csv(table: GeneralizationTable) -> str:
     return out.getvalue()
 
 
+# ---------------------------------------------------------------------------- against the paper
+HEADLINE_NAME = "headline"
+HEADLINE_METRICS = ("Return", "Cost", "AR", "CR")
+VLSAFE = "vlsafe"
+
+
+@dataclass
+class TaskComparison:
+    """One task of :func:`compare_with_paper`: the models with every requested seed done
+    (``done``, ours best Return first), the same models by published Return, Kendall's tau
+    between the two orders (None under two models), and whether VL-SAFE has the best Return
+    at comparable Cost in ours and in the paper (a sentence each)."""
+
+    task: str
+    done: list[str]
+    paper_order: list[str]
+    tau: float | None
+    ours: str
+    paper: str
+
+
+def kendall_tau(first: list[float], second: list[float]) -> float:
+    """Kendall's tau-a of two scorings of the same items: the mean over pairs of
+    sign(first_i - first_j) * sign(second_i - second_j); 1 for the same order, -1 reversed.
+
+    Raises:
+        ValueError: the scorings differ in length or hold fewer than two items.
+    """
+    if len(first) != len(second) or len(first) < 2:
+        raise ValueError(
+            f"kendall_tau needs two scorings of the same 2+ items, got {len(first)} "
+            f"and {len(second)}"
+        )
+    pairs = [(i, j) for i in range(len(first)) for j in range(i + 1, len(first))]
+    agree = sum(
+        float(np.sign(first[i] - first[j]) * np.sign(second[i] - second[j])) for i, j in pairs
+    )
+    return agree / len(pairs)
+
+
+def _rivals(points: Mapping[str, tuple[float, float]], vlsafe: str, cost_bound: float) -> list[str]:
+    """The models of ``points`` (label -> (Return, Cost)) with a Cost at most ``cost_bound``
+    and a higher Return than ``vlsafe``'s, best Return first."""
+    best = points[vlsafe][0]
+    rivals = [m for m, (ret, cost) in points.items() if cost <= cost_bound and ret > best]
+    return sorted(rivals, key=lambda m: -points[m][0])
+
+
+def _verdict(points: Mapping[str, tuple[float, float]], vlsafe: str, cost_bound: float) -> str:
+    rivals = _rivals(points, vlsafe, cost_bound)
+    if not rivals:
+        return "yes"
+    return "no: " + ", ".join(
+        f"{m} ({_num(points[m][0])} at Cost {_num(points[m][1])})" for m in rivals
+    )
+
+
+def compare_with_paper(table: Table) -> list[TaskComparison]:
+    """Per task, our Return ranking against the paper's and the VL-SAFE claim (see
+    :func:`format_headline_markdown` for the definitions)."""
+    from carla_safe_envs.agents import TABLE_MODELS
+
+    out = []
+    for task in TABLE_TASKS:
+        cells = {m: table.cells[(task, m)] for m in TABLE_MODELS}
+        done = [c for c in cells.values() if c.status == "ok" and c.published is not None]
+        done.sort(key=lambda c: -c.metrics["Return"].point)
+        by_paper = sorted(done, key=lambda c: -c.published["Return"])
+        tau = None
+        if len(done) >= 2:
+            ours = [c.metrics["Return"].point for c in done]
+            tau = kendall_tau(ours, [c.published["Return"] for c in done])
+        vl = cells[VLSAFE]
+        if not vl.requested and not vl.seeds:
+            ours_verdict = "VL-SAFE not in this grid"
+        elif vl.status != "ok":
+            ours_verdict = f"VL-SAFE: {len(vl.seeds)} of {len(vl.requested)} seeds done"
+        else:
+            points = {c.label: (c.metrics["Return"].point, c.metrics["Cost"].point) for c in done}
+            verdict = _verdict(points, vl.label, vl.metrics["Cost"].high)
+            ours_verdict = f"{verdict} (of {len(done)} model{'s' if len(done) > 1 else ''} done)"
+        published = {c.label: (c.published["Return"], c.published["Cost"]) for c in cells.values()}
+        paper_verdict = _verdict(published, vl.label, vl.published["Cost"])
+        out.append(
+            TaskComparison(
+                task,
+                [c.label for c in done],
+                [c.label for c in by_paper],
+                tau,
+                ours_verdict,
+                paper_verdict,
+            )
+        )
+    return out
+
+
+def format_headline_markdown(table: Table) -> str:
+    """The README's headline: Return, Cost, AR and CR of the table (same cells, intervals and
+    marks), then, per task, our Return ranking against the paper's and the VL-SAFE claim."""
+    head = ["Task", "Model", *(_header(n, ("↑", "↓")) for n in HEADLINE_METRICS)]
+    lines = [
+        f"Return, Cost, AR and CR of `table.md`: ours [95% CI over seeds] / published "
+        f"(the full table has all ten metrics). {table.caption.split('. ')[0]}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * len(HEADLINE_METRICS)) + "|",
+    ]
+    for task, task_name in TABLE_TASKS.items():
+        for model in table.models:
+            cell = table.cells[(task, model)]
+            texts = [f"{_ours(cell, n, BOLD_MD)} / {_published(cell, n)}" for n in HEADLINE_METRICS]
+            lines.append(f"| {task_name} | {cell.label} | " + " | ".join(texts) + " |")
+    lines += [
+        "",
+        "Against the paper, task by task: the models with every seed done, ranked by our mean "
+        "Return and by the published one, and Kendall's tau between the two orders (1: the "
+        "same order, -1: reversed). VL-SAFE has the best Return at comparable Cost when no "
+        "model with a mean Cost at most the upper end of VL-SAFE's Cost interval (in the "
+        "paper, at most VL-SAFE's Cost) has a higher mean Return; ours is judged among the "
+        "models done, the paper's among all nine.",
+        "",
+        "| Task | Done | Ours by Return | Paper by Return | tau | VL-SAFE best Return at "
+        "comparable Cost: ours | paper |",
+        "|---|---:|---|---|---:|---|---|",
+    ]
+    for row in compare_with_paper(table):
+        tau = "-" if row.tau is None else f"{row.tau:+.2f}"
+        lines.append(
+            f"| {TABLE_TASKS[row.task]} | {len(row.done)} of 9 | {' > '.join(row.done) or '-'} "
+            f"| {' > '.join(row.paper_order) or '-'} | {tau} | {row.ours} | {row.paper} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, help="a result directory of `benchmarks run`")
@@ -507,6 +650,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reps", type=int, default=DEFAULT_REPS, help=f"bootstrap resamples ({DEFAULT_REPS})"
     )
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help=f"also write the headline into this file, between '{README_BEGIN.format('DIR')}' "
+        f"and '{README_END}'",
+    )
+
+
+README_BEGIN = "<!-- headline: {} -->"
+README_END = "<!-- /headline -->"
+
+
+def readme_block(text: str, root: str | Path) -> str | None:
+    """The headline block of ``root`` in the Markdown ``text`` (between its marker lines,
+    markers excluded), or None when ``text`` has no such block."""
+    begin = README_BEGIN.format(Path(root).as_posix()) + "\n"
+    start = text.find(begin)
+    end = text.find(README_END, start)
+    if start < 0 or end < 0:
+        return None
+    return text[start + len(begin) : end]
+
+
+def update_readme(path: str | Path, root: str | Path, headline: str) -> None:
+    """Replace the headline block of ``root`` in the file ``path`` by ``headline``.
+
+    Raises:
+        ValueError: the file has no block for ``root`` (the message shows the marker lines).
+    """
+    path = Path(path)
+    text = path.read_text()
+    old = readme_block(text, root)
+    if old is None:
+        raise ValueError(
+            f"{path} has no headline block for {Path(root).as_posix()}: add the two lines "
+            f"'{README_BEGIN.format(Path(root).as_posix())}' and '{README_END}' where the "
+            "headline goes"
+        )
+    begin = README_BEGIN.format(Path(root).as_posix()) + "\n"
+    path.write_text(text.replace(begin + old + README_END, begin + headline + README_END, 1))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -516,7 +700,11 @@ def run(args: argparse.Namespace) -> int:
         text, written = write_outputs(
             args.dir, fmt=args.format, out=args.out, plots=not args.no_plots, reps=args.reps
         )
-    except StoreError as exc:
+        if args.readme is not None:
+            headline = next(p for p in written if p.name == f"{HEADLINE_NAME}.md")
+            update_readme(args.readme, args.dir, headline.read_text())
+            written.append(args.readme)
+    except (StoreError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(text, end="")

@@ -11,12 +11,20 @@ import pytest
 pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from benchmarks.table import write_outputs  # noqa: E402
+from benchmarks.table import readme_block, write_outputs  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1] / "results" / "cpu"
+REPO = Path(__file__).resolve().parents[1]
+ROOT = REPO / "results" / "cpu"
 #: the committed outputs of ``table`` that are text (the PNG plots regenerate bit for bit
 #: with the same matplotlib, whose version the project does not pin)
-TEXT_OUTPUTS = ("table.md", "table.csv", "table.tex", "table-generalize.md", "table-generalize.csv")
+TEXT_OUTPUTS = (
+    "table.md",
+    "table.csv",
+    "table.tex",
+    "headline.md",
+    "table-generalize.md",
+    "table-generalize.csv",
+)
 
 
 @pytest.mark.skipif(not (ROOT / "manifest.json").is_file(), reason="no committed results/cpu")
@@ -38,3 +46,13 @@ def test_committed_cpu_tables_are_regenerated_from_the_committed_store(tmp_path:
         )
     for plot in ("return_cost.png", "performance_profile.png"):
         assert (ROOT / plot).is_file() and (store / plot).stat().st_size > 0
+
+
+@pytest.mark.skipif(not (ROOT / "headline.md").is_file(), reason="no committed results/cpu")
+def test_the_readme_shows_the_committed_headline() -> None:
+    block = readme_block((REPO / "README.md").read_text(), "results/cpu")
+    assert block is not None, "README.md has no '<!-- headline: results/cpu -->' block"
+    assert block == (ROOT / "headline.md").read_text(), (
+        "README.md's headline differs from results/cpu/headline.md: run "
+        "`python -m benchmarks table results/cpu --readme README.md`"
+    )

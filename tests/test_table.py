@@ -18,7 +18,17 @@ from benchmarks.grid import PRESETS, Cell
 from benchmarks.published import HIGHER_IS_BETTER, TABLE_TASKS, load_published
 from benchmarks.stats import mean_interval, performance_profile
 from benchmarks.store import STORE_FORMAT, ResultStore
-from benchmarks.table import format_csv, format_latex, format_markdown, summarize, write_outputs
+from benchmarks.table import (
+    compare_with_paper,
+    format_csv,
+    format_headline_markdown,
+    format_latex,
+    format_markdown,
+    kendall_tau,
+    readme_block,
+    summarize,
+    write_outputs,
+)
 from carla_safe_envs.metrics import METRIC_NAMES, EpisodeMetrics
 
 FOUR, LEFT, NAV, RIGHT = TABLE_TASKS
@@ -372,3 +382,77 @@ def test_generalization_table(tmp_path: Path) -> None:
     assert [r["condition"] for r in records] == ["train", "density=low", "density=high"]
     assert records[0]["Return_drop"] == "" and float(records[2]["Return_drop"]) == 0.6
     assert float(records[2]["CR_high"]) == 1.0 and records[2]["seeds"] == "0 1"
+
+
+# ---------------------------------------------------------------------------- against the paper
+def test_kendall_tau() -> None:
+    assert kendall_tau([1.0, 2.0, 3.0], [10.0, 20.0, 30.0]) == 1.0
+    assert kendall_tau([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == -1.0
+    assert kendall_tau([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]) == pytest.approx(1 / 3)  # one swap
+    with pytest.raises(ValueError, match="2\\+ items"):
+        kendall_tau([1.0], [1.0])
+
+
+@pytest.fixture()
+def rivals(tmp_path: Path) -> ResultStore:
+    """Left Turn: VL-SAFE (Return 100, Cost 10 and 20 over two seeds), DQN with more Return at
+    a Cost inside VL-SAFE's interval, PPO with the most Return at a far higher Cost; Four Lane:
+    VL-SAFE with one of its two seeds."""
+    store = ResultStore.open_or_create(tmp_path / "rivals", PRESETS["smoke"].protocol())
+    store.add_requested([Cell(m, LEFT, s) for m in ("vlsafe", "dqn", "ppo") for s in (0, 1)])
+    store.add_requested([Cell("vlsafe", FOUR, s) for s in (0, 1)])
+    for seed, cost in ((0, 10.0), (1, 20.0)):
+        write(store, Cell("vlsafe", LEFT, seed), [episode(100, cost)])
+        write(store, Cell("dqn", LEFT, seed), [episode(150, 15)])
+        write(store, Cell("ppo", LEFT, seed), [episode(300, 50)])
+    write(store, Cell("vlsafe", FOUR, 0), [episode(900, 1)])
+    return store
+
+
+def test_rankings_and_the_vlsafe_claim_against_the_paper(rivals: ResultStore) -> None:
+    table = summarize(rivals.root, reps=2000)
+    assert table.cells[(LEFT, "vlsafe")].metrics["Cost"] == (15.0, 10.0, 20.0)
+    rows = {row.task: row for row in compare_with_paper(table)}
+    left = rows[LEFT]
+    assert left.done == ["PPO", "DQN", "VL-SAFE"]
+    # published Left Turn: VL-SAFE 358.70 > DQN 214.11 > PPO 208.75, ours the reverse
+    assert left.paper_order == ["VL-SAFE", "DQN", "PPO"] and left.tau == -1.0
+    # DQN's Cost 15 is within VL-SAFE's interval (upper end 20), PPO's 50 is not
+    assert left.ours == "no: DQN (150.00 at Cost 15.00) (of 3 models done)"
+    assert left.paper == "yes"  # the poster's best Return on Left Turn is VL-SAFE's
+    four = rows[FOUR]
+    assert four.done == [] and four.tau is None
+    assert four.ours == "VL-SAFE: 1 of 2 seeds done"
+    # published Four Lane: DQN 612.33 at Cost 57.79 beats VL-SAFE's 552.43 at 69.17
+    assert four.paper == "no: DQN (612.33 at Cost 57.79)"
+    assert rows[NAV].ours == "VL-SAFE not in this grid" and rows[NAV].paper == "yes"
+    text = format_headline_markdown(table)
+    # Cost: DQN ties VL-SAFE for the lowest, both bold
+    lines = md_rows(text)
+    assert ["Left Turn", "DQN", "150.00 [150.00, 150.00] / 214.11", "**15.00** [15.00, 15.00] / 44.18",
+            "1.00 [1.00, 1.00] / 0.90", "0.00 [0.00, 0.00] / 0.00"] in lines  # fmt: skip
+    assert [
+        "Left Turn",
+        "3 of 9",
+        "PPO > DQN > VL-SAFE",
+        "VL-SAFE > DQN > PPO",
+        "-1.00",
+        "no: DQN (150.00 at Cost 15.00) (of 3 models done)",
+        "yes",
+    ] in lines
+
+
+def test_the_table_command_writes_the_headline_into_a_readme(
+    rivals: ResultStore, tmp_path: Path, capsys
+) -> None:
+    root = rivals.root.as_posix()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n<!-- headline: {root} -->\nold\n<!-- /headline -->\ntail\n")
+    assert main(["table", root, "--no-plots", "--reps", "500", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert readme_block(text, root) == (rivals.root / "headline.md").read_text()
+    assert text.startswith("# x\n\n<!-- headline: ") and text.endswith("<!-- /headline -->\ntail\n")
+    assert "old" not in text
+    readme.write_text("# no block\n")
+    assert main(["table", root, "--no-plots", "--reps", "500", "--readme", str(readme)]) == 2
+    assert f"has no headline block for {root}: add the two lines" in capsys.readouterr().err
