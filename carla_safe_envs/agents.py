@@ -22,6 +22,7 @@ needs numpy and the standard library only (no torch, no RL library).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -139,8 +140,41 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+#: the project's code, relative to its root: what :func:`source_commit` calls dirty when changed
+CODE_PATHS = ("carla_safe_envs", "vlsafe", "baselines", "benchmarks", "pyproject.toml")
+
+
+@functools.cache
+def source_commit(root: str | os.PathLike | None = None) -> str | None:
+    """The git commit of the carla-safe source tree at ``root`` (default: this package's
+    checkout), with ``-dirty`` appended when tracked code (:data:`CODE_PATHS`) differs from
+    it; None outside a git checkout (an installed wheel) or without git.  Cached: a process
+    records the commit of the code it first ran."""
+    import subprocess
+
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    git = ["git", "-C", str(root)]
+    try:
+        head = subprocess.run(
+            [*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if changed else "")
+
+
 def versions() -> dict[str, str]:
-    """Versions of the packages a result depends on (those that are installed)."""
+    """Versions of the packages a result depends on (those that are installed), and
+    ``carla-safe-commit``: the source tree's git commit (:func:`source_commit`) when known."""
     from importlib import metadata
 
     out = {"python": platform.python_version()}
@@ -149,6 +183,9 @@ def versions() -> dict[str, str]:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
+    commit = source_commit()
+    if commit is not None:
+        out["carla-safe-commit"] = commit
     return out
 
 

@@ -29,6 +29,8 @@ from carla_safe_envs.agents import (
     load_agent,
     make_agent,
     read_metadata,
+    source_commit,
+    versions,
 )
 from carla_safe_envs.metrics import METRIC_NAMES, aggregate
 
@@ -288,3 +290,29 @@ def test_the_readme_agent_example_implements_and_registers_the_protocol(
         AGENTS.pop("coast", None)
         sys.modules.pop("my_package.coast", None)
         sys.modules.pop("my_package", None)
+
+
+# ---------------------------------------------------------------------------- provenance
+def test_source_commit_names_the_code_a_result_came_from(tmp_path: Path) -> None:
+    import subprocess
+
+    def git(*args: str) -> str:
+        command = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+        return subprocess.run([*command, *args], capture_output=True, text=True, check=True).stdout
+
+    assert source_commit.__wrapped__(tmp_path) is None  # not a checkout
+    git("init", "-q")
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "x.py").write_text("a = 1\n")
+    (tmp_path / "notes.md").write_text("n\n")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    head = git("rev-parse", "HEAD").strip()
+    assert source_commit.__wrapped__(tmp_path) == head
+    (tmp_path / "notes.md").write_text("results, not code\n")  # outside CODE_PATHS
+    (tmp_path / "vlsafe").mkdir()
+    (tmp_path / "vlsafe" / "new.py").write_text("b = 2\n")  # untracked
+    assert source_commit.__wrapped__(tmp_path) == head
+    (tmp_path / "benchmarks" / "x.py").write_text("a = 2\n")
+    assert source_commit.__wrapped__(tmp_path) == head + "-dirty"
+    assert versions().get("carla-safe-commit") == source_commit()  # this checkout's, if one

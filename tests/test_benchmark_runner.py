@@ -22,7 +22,14 @@ from benchmarks.grid import PRESETS, Cell, GridError, GridPreset, get_preset, ma
 from benchmarks.prepare import resolve_labeler
 from benchmarks.run import run_grid
 from benchmarks.store import METRIC_FIELDS, STORE_FORMAT, ResultStore, StoreError
-from carla_safe_envs.agents import AGENTS, TABLE_MODELS, AgentSpec, BaseAgent, make_agent
+from carla_safe_envs.agents import (
+    AGENTS,
+    TABLE_MODELS,
+    AgentSpec,
+    BaseAgent,
+    make_agent,
+    source_commit,
+)
 
 TASKS = ("CarlaLeftTurn-v0", "CarlaRightTurn-v0")
 MODELS = ("expert", "bc")
@@ -137,6 +144,9 @@ def test_smoke_grid_stores_one_row_per_episode(smoke_run: Path) -> None:
     assert (rows["train_seconds"][rows["model"] == "bc"] > 0).all()
     for column in ("config", "train", "versions"):
         json.loads(rows[column].iloc[0])
+    commit = source_commit()  # each cell records the code it ran (None outside a checkout)
+    recorded = {json.loads(v).get("carla-safe-commit") for v in rows["versions"]}
+    assert recorded == {commit}
     assert (rows["eval_seconds"] > 0).all()
     # the datasets, their labels, the models and the logs are where the manifest says
     manifest = store.manifest
