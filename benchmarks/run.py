@@ -90,7 +90,7 @@ def run_grid(
     from benchmarks.prepare import resolve_labeler
     from benchmarks.store import STORE_FORMAT, ResultStore, now
     from carla_safe_envs.agents import AgentError, get_spec
-    from carla_safe_envs.progress import progress_bar
+    from carla_safe_envs.progress import progress_bar, write_line
 
     started = time.perf_counter()
     store = ResultStore.open_or_create(out, preset.protocol())
@@ -156,8 +156,9 @@ def run_grid(
                 )
             )
 
+        loop_started = time.perf_counter()
         with progress_bar(len(jobs), "benchmark grid", progress) as bar:
-            for result in executor.run(jobs):
+            for done, result in enumerate(executor.run(jobs), start=1):
                 if result.log_text is not None:
                     _append(store.log_file(result.cell), result.log_text)
                 if result.ok:
@@ -173,10 +174,34 @@ def run_grid(
                     summary.finished.append(str(result.cell))
                 else:
                     fail(result.cell, result.error, result.traceback)
+                elapsed = time.perf_counter() - loop_started
+                write_line(bar, _cell_line(result, done, len(jobs), elapsed))
                 if bar is not None:
                     bar.update()
     summary.seconds = round(time.perf_counter() - started, 1)
     return summary
+
+
+def _cell_line(result: Any, done: int, total: int, elapsed: float) -> str:
+    """``[done/total] cell: Return, Cost, AR, CR as trained (or its error), its time, and the
+    grid's ETA at this run's pace so far``."""
+    from benchmarks.store import TRAIN_CONDITION, episode_metrics
+    from carla_safe_envs.metrics import aggregate
+    from carla_safe_envs.progress import format_duration
+
+    head = f"[{done}/{total}] {result.cell}"
+    if result.ok:
+        rows = [r for r in result.rows if r.get("condition", TRAIN_CONDITION) == TRAIN_CONDITION]
+        m = aggregate([episode_metrics(r) for r in rows])
+        text = (
+            f"{head}: Return {m['Return']:.1f}, Cost {m['Cost']:.1f}, AR {m['AR']:.2f}, "
+            f"CR {m['CR']:.2f} ({format_duration(result.seconds)})"
+        )
+    else:
+        text = f"{head}: failed: {(result.error.splitlines() or [''])[0]}"
+    if done < total:
+        text += f"; ETA {format_duration(elapsed / done * (total - done))}"
+    return text
 
 
 def _prepare(

@@ -48,3 +48,25 @@ def progress_bar(total: int, desc: str, enabled: bool = True) -> Iterator[Progre
         yield bar
     finally:
         bar.close()
+
+
+def write_line(bar: Progress | None, text: str) -> None:
+    """Print ``text`` on its own line on stderr without breaking ``bar`` (a tqdm bar redraws
+    below it)."""
+    write = getattr(bar, "write", None)
+    if write is not None:
+        write(text, file=sys.stderr)
+    else:
+        if isinstance(bar, _StderrProgress):
+            print(file=sys.stderr)  # leave the counter's line
+        print(text, file=sys.stderr, flush=True)
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as ``"45 s"``, ``"12 min"`` or ``"3 h 05 min"``."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"

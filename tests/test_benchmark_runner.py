@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -244,7 +245,9 @@ def test_ray_executor_gives_the_rows_of_the_local_one(smoke_run: Path, tmp_path:
     assert "evaluated" in (tmp_path / "logs" / TASKS[0] / "expert" / "seed-0.log").read_text()
 
 
-def test_a_failing_cell_is_recorded_and_the_rest_go_on(tmp_path: Path) -> None:
+def test_a_failing_cell_is_recorded_and_the_rest_go_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     class Flaky(MajorityAgent):
         """Fails to train on the first task; drives straight at full throttle elsewhere."""
 
@@ -275,6 +278,17 @@ def test_a_failing_cell_is_recorded_and_the_rest_go_on(tmp_path: Path) -> None:
     } - {Cell("majority", TASKS[1], 0)}
     assert "Traceback" in store.log_file(broken).read_text()
     assert "the learner diverged" in store.failures()[broken]["error"]
+    # one line per cell as it ends: its result or error, and the ETA of the rest
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
+    assert re.fullmatch(
+        rf"\[1/2\] {re.escape(str(broken))}: failed: .*the learner diverged; ETA \d+ s", lines[0]
+    )
+    ran = re.escape(str(Cell("majority", TASKS[1], 0)))
+    number = r"-?\d+\.\d+"
+    assert re.fullmatch(
+        rf"\[2/2\] {ran}: Return {number}, Cost {number}, AR {number}, CR {number} \(\d+ s\)",
+        lines[1],
+    ), lines
 
 
 def test_a_saved_agent_is_reused_only_when_identical(tmp_path: Path) -> None:
@@ -474,3 +488,21 @@ def test_a_dataset_of_other_env_options_is_not_reused(smoke_run: Path, tmp_path:
     failed = prepare_datasets([key], data, preset=cued, progress=False)[key]
     assert isinstance(failed, DatasetFailure)
     assert "env options {}, not" in failed.error and "{'speed_cue': True}" in failed.error
+
+
+def test_durations_and_progress_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    from carla_safe_envs.progress import _StderrProgress, format_duration, write_line
+
+    assert [format_duration(x) for x in (0.4, 59.4, 90, 3000, 3599, 11_100)] == [
+        "0 s",
+        "59 s",
+        "2 min",
+        "50 min",
+        "1 h 00 min",
+        "3 h 05 min",
+    ]
+    counter = _StderrProgress(3, "grid")
+    counter.update()
+    write_line(counter, "[1/3] a cell")  # on a line of its own, not after the counter
+    write_line(None, "[2/3] another")
+    assert capsys.readouterr().err == "\rgrid: 1/3\n[1/3] a cell\n[2/3] another\n"
