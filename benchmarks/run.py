@@ -185,14 +185,14 @@ def run_grid(
 def _cell_line(result: Any, done: int, total: int, elapsed: float) -> str:
     """``[done/total] cell: Return, Cost, AR, CR as trained (or its error), its time, and the
     grid's ETA at this run's pace so far``."""
-    from benchmarks.store import TRAIN_CONDITION, episode_metrics
-    from carla_safe_envs.metrics import aggregate
+    from benchmarks.store import TRAIN_CONDITION, rows_metrics
     from carla_safe_envs.progress import format_duration
 
     head = f"[{done}/{total}] {result.cell}"
     if result.ok:
-        rows = [r for r in result.rows if r.get("condition", TRAIN_CONDITION) == TRAIN_CONDITION]
-        m = aggregate([episode_metrics(r) for r in rows])
+        m = rows_metrics(
+            r for r in result.rows if r.get("condition", TRAIN_CONDITION) == TRAIN_CONDITION
+        )
         text = (
             f"{head}: Return {m['Return']:.1f}, Cost {m['Cost']:.1f}, AR {m['AR']:.2f}, "
             f"CR {m['CR']:.2f} ({format_duration(result.seconds)})"

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.grid import Cell
-from carla_safe_envs.metrics import EpisodeMetrics
+from carla_safe_envs.metrics import EpisodeMetrics, aggregate
 
 STORE_FORMAT = "carla-safe/results-v2"
 #: older formats this version reads (and upgrades when a run writes into them)
@@ -339,3 +339,9 @@ def episode_metrics(row: Mapping[str, Any]) -> EpisodeMetrics:
         collisions=int(row["collisions"]),
         collision_speed_sum=float(row["collision_speed_sum"]),
     )
+
+
+def rows_metrics(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """The table's metrics (:func:`~carla_safe_envs.metrics.aggregate`) of stored episode
+    rows: one seed of one cell under one condition."""
+    return aggregate([episode_metrics(row) for row in rows])

@@ -91,7 +91,7 @@ def summarize(root: str | Path, *, reps: int = DEFAULT_REPS) -> Table:
     Raises:
         benchmarks.store.StoreError: ``root`` is not a result directory of this version.
     """
-    from benchmarks.store import TRAIN_CONDITION, ResultStore
+    from benchmarks.store import TRAIN_CONDITION, ResultStore, rows_metrics
     from carla_safe_envs.agents import AGENTS, TABLE_MODELS
 
     store = ResultStore(root)
@@ -117,7 +117,7 @@ def summarize(root: str | Path, *, reps: int = DEFAULT_REPS) -> Table:
         cell = cells.get((task, model))
         if cell is None:  # a task outside the table's four cannot happen with TASK_IDS
             continue
-        metrics = _episodes_metrics(group)
+        metrics = rows_metrics(group.to_dict("records"))
         cell.seeds.append(int(seed))
         for name in METRIC_NAMES:
             cell.per_seed.setdefault(name, []).append(float(metrics[name]))
@@ -135,14 +135,6 @@ def _model_order(stored: set[str]) -> list[str]:
     extra = [m for m in AGENTS if m in stored and m not in TABLE_MODELS]
     extra += sorted(stored - set(AGENTS) - set(TABLE_MODELS))
     return [*TABLE_MODELS, *extra]
-
-
-def _episodes_metrics(group: Any) -> dict[str, float]:
-    """:func:`~carla_safe_envs.metrics.aggregate` of the stored episodes ``group`` (one seed)."""
-    from benchmarks.store import episode_metrics
-    from carla_safe_envs.metrics import aggregate
-
-    return aggregate([episode_metrics(r) for r in group.to_dict("records")])
 
 
 def _mark_best(cells: Mapping[tuple[str, str], CellSummary], models: tuple[str, ...]) -> None:
@@ -394,7 +386,7 @@ def summarize_generalization(
         benchmarks.store.StoreError: ``root`` is not a result directory of this version.
     """
     from benchmarks.generalize import relative_drops, training_condition
-    from benchmarks.store import TRAIN_CONDITION, ResultStore
+    from benchmarks.store import TRAIN_CONDITION, ResultStore, rows_metrics
     from carla_safe_envs.agents import AGENTS
 
     store = ResultStore(root)
@@ -409,7 +401,9 @@ def summarize_generalization(
     for (task, model, condition, seed), group in rows.groupby(
         ["task", "model", "condition", "seed"], sort=True
     ):
-        per_seed.setdefault((task, model, condition), {})[int(seed)] = _episodes_metrics(group)
+        per_seed.setdefault((task, model, condition), {})[int(seed)] = rows_metrics(
+            group.to_dict("records")
+        )
     out: list[ConditionSummary] = []
     for task in TABLE_TASKS:
         for model in _model_order({m for t, m in pairs if t == task}):
@@ -663,15 +657,22 @@ README_BEGIN = "<!-- headline: {} -->"
 README_END = "<!-- /headline -->"
 
 
-def readme_block(text: str, root: str | Path) -> str | None:
-    """The headline block of ``root`` in the Markdown ``text`` (between its marker lines,
-    markers excluded), or None when ``text`` has no such block."""
+def _readme_span(text: str, root: str | Path) -> tuple[int, int] | None:
+    """Start and end in ``text`` of the headline block of ``root`` (between its marker
+    lines, markers excluded), or None when there is none."""
     begin = README_BEGIN.format(Path(root).as_posix()) + "\n"
     start = text.find(begin)
     end = text.find(README_END, start)
     if start < 0 or end < 0:
         return None
-    return text[start + len(begin) : end]
+    return start + len(begin), end
+
+
+def readme_block(text: str, root: str | Path) -> str | None:
+    """The headline block of ``root`` in the Markdown ``text`` (between its marker lines,
+    markers excluded), or None when ``text`` has no such block."""
+    span = _readme_span(text, root)
+    return None if span is None else text[span[0] : span[1]]
 
 
 def update_readme(path: str | Path, root: str | Path, headline: str) -> None:
@@ -682,15 +683,14 @@ def update_readme(path: str | Path, root: str | Path, headline: str) -> None:
     """
     path = Path(path)
     text = path.read_text()
-    old = readme_block(text, root)
-    if old is None:
+    span = _readme_span(text, root)
+    if span is None:
         raise ValueError(
             f"{path} has no headline block for {Path(root).as_posix()}: add the two lines "
             f"'{README_BEGIN.format(Path(root).as_posix())}' and '{README_END}' where the "
             "headline goes"
         )
-    begin = README_BEGIN.format(Path(root).as_posix()) + "\n"
-    path.write_text(text.replace(begin + old + README_END, begin + headline + README_END, 1))
+    path.write_text(text[: span[0]] + headline + text[span[1] :])
 
 
 def run(args: argparse.Namespace) -> int:
