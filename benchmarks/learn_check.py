@@ -385,7 +385,8 @@ def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def run_label(summary: Mapping[str, Any]) -> str:
     """``model (preset)``, every config field of the run that differs from the preset as it
     is now (an ablation's ``--config`` overrides, or what a preset changed since the run) and
-    its env options other than the action mode (``--env-kwargs``).
+    its env options other than the action mode (``--env-kwargs``), and its training seed
+    where it is not the default 0.
     Runs store their whole config (``agent_config``); older summaries only the overrides."""
     from carla_safe_envs.agents import get_spec
 
@@ -401,6 +402,9 @@ def run_label(summary: Mapping[str, Any]) -> str:
     # env options beyond the action mode (the model's own), e.g. ``speed_cue=True``
     env = sorted((summary.get("env_kwargs") or {}).items())
     changed += [f"{key}={value}" for key, value in env if key != "action_mode"]
+    # a training seed other than learn-check's default (0) is a different run of the same config
+    if summary.get("seed", 0) != 0:
+        changed.append(f"seed={summary['seed']}")
     return f"{summary['model']} ({', '.join([summary['preset'], *changed])})"
 
 

@@ -149,6 +149,11 @@ def test_run_label_names_what_differs_from_the_preset() -> None:
     # env options other than the model's own action mode are part of what ran
     env = {"action_mode": "discrete", "speed_cue": True}
     assert run_label({**summary, "env_kwargs": env}) == "cql (cpu, speed_cue=True)"
+    # so is a training seed other than the default: the same config, another run
+    assert run_label({**summary, "seed": 0}) == "cql (cpu)"
+    assert (
+        run_label({**summary, "env_kwargs": env, "seed": 2}) == "cql (cpu, speed_cue=True, seed=2)"
+    )
 
 
 def test_table_splits_the_references_by_action_mode(tmp_path: Path) -> None:
