@@ -52,6 +52,7 @@ HELP = "train one model on one task and evaluate it every 10%% of its budget (le
 CURVE_CSV, CURVE_PNG, SUMMARY_JSON = "curve.csv", "curve.png", "summary.json"
 REFERENCES = ("stand_still", "random", "expert")
 CURVE_METRICS = ("Return", "Cost", "AR", "CR")
+DEFAULT_SEED = 0  # training seed; a run with another one is labelled with it
 DEFAULT_EVAL_SEED = 10_000
 DEFAULT_ROOT = Path("results/learn-check")
 
@@ -73,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="with --table: also write a Markdown page of the table and every run's curve",
     )
-    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="training seed")
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per point")
     parser.add_argument("--points", type=int, default=10, help="evaluation points in the budget")
     parser.add_argument("--eval-seed", type=int, default=DEFAULT_EVAL_SEED)
@@ -386,7 +387,7 @@ def run_label(summary: Mapping[str, Any]) -> str:
     """``model (preset)``, every config field of the run that differs from the preset as it
     is now (an ablation's ``--config`` overrides, or what a preset changed since the run) and
     its env options other than the action mode (``--env-kwargs``), and its training seed
-    where it is not the default 0.
+    where it is not ``DEFAULT_SEED``.
     Runs store their whole config (``agent_config``); older summaries only the overrides."""
     from carla_safe_envs.agents import get_spec
 
@@ -402,8 +403,8 @@ def run_label(summary: Mapping[str, Any]) -> str:
     # env options beyond the action mode (the model's own), e.g. ``speed_cue=True``
     env = sorted((summary.get("env_kwargs") or {}).items())
     changed += [f"{key}={value}" for key, value in env if key != "action_mode"]
-    # a training seed other than learn-check's default (0) is a different run of the same config
-    if summary.get("seed", 0) != 0:
+    # a training seed other than learn-check's default is a different run of the same config
+    if summary.get("seed", DEFAULT_SEED) != DEFAULT_SEED:
         changed.append(f"seed={summary['seed']}")
     return f"{summary['model']} ({', '.join([summary['preset'], *changed])})"
 
