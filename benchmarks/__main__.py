@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from benchmarks import collect, generalize, speed, wm_check, wm_speed
+from benchmarks.calibrate import CALIBRATE_COMMAND
 from benchmarks.label import LABEL_COMMAND, LABEL_REPORT_COMMAND
 from benchmarks.learn_check import LEARN_CHECK_COMMAND
 from benchmarks.run import RUN_COMMAND
@@ -33,6 +34,7 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "speed": Command(speed.HELP, speed.add_arguments, speed.run),
     "collect": Command(collect.HELP, collect.add_arguments, collect.run),
+    "dataset-card": Command(collect.CARD_HELP, collect.add_card_arguments, collect.run_card),
     "label": Command(*LABEL_COMMAND),
     "label-report": Command(*LABEL_REPORT_COMMAND),
     "train": Command(*TRAIN_COMMAND),
@@ -43,6 +45,7 @@ COMMANDS: dict[str, Command] = {
     "wm-speed": Command(wm_speed.HELP, wm_speed.add_arguments, wm_speed.run),
     "generalize": Command(generalize.HELP, generalize.add_arguments, generalize.run),
     "learn-check": Command(*LEARN_CHECK_COMMAND),
+    "calibrate": Command(*CALIBRATE_COMMAND),
 }
 
 PROG = "python -m benchmarks"

@@ -48,6 +48,7 @@ class Job:
         episodes: evaluation episodes; episode k resets with ``eval_seed + k``.
         eval_seed: reset seed of the first evaluation episode.
         dataset: the offline dataset file the model learns from, or None.
+        dataset_sha256: the sha256 of that file as the model trains on it ("" for none).
         labeler: the safety labeler of the dataset's p(s) column when the model uses it.
         model_dir: where the trained agent is saved (and reused from, when complete).
         log_file: the cell's log file (appended to).
@@ -68,6 +69,7 @@ class Job:
     log_file: str
     env_kwargs: Mapping[str, Any] = field(default_factory=dict)
     config: Mapping[str, Any] = field(default_factory=dict)
+    dataset_sha256: str = ""
     shifts: tuple[str, ...] = ()
     progress: bool = False
 
@@ -194,6 +196,7 @@ def run_cell(job: Job) -> CellResult:
             "agent_preset": job.agent_preset,
             "episodes": job.episodes,
             "dataset": Path(job.dataset).name if job.dataset else "",
+            "dataset_sha256": job.dataset_sha256,
             "labeler": job.labeler,
             "train_seconds": float(summary.get("seconds", 0.0)),
             "config": json.dumps(dataclasses.asdict(agent.config), sort_keys=True, default=str),

@@ -19,6 +19,10 @@ cell).  These presets ship in :data:`PRESETS`:
   core, chosen with ``python -m benchmarks learn-check``), 3 seeds, 20,000-step datasets, 20
   evaluation episodes, each cell also evaluated at ``density=low`` and ``density=high`` (20
   episodes each): 108 cells, ~55-80 core-hours (not run yet).
+- ``cpu-paper``: the ``cpu`` grid (agent presets, speed cue, density shift, 20 evaluation
+  episodes) on data like the paper's: the ``paper`` dataset mix of behaviour profiles
+  (:mod:`carla_safe_envs.profiles`: autopilot-like driving, fast and imperfect), 5 seeds.
+  ``python -m benchmarks calibrate`` checks its BC cells against the paper's BC row.
 - ``paper``: the budgets of a GPU cluster: agent preset ``paper``, 5 seeds, 100,000-step
   datasets, 20 evaluation episodes (documented; not run in CI).
 
@@ -58,7 +62,11 @@ class GridPreset:
         dataset_steps: steps of each offline dataset (expert driving, one per task and
             action mode) [steps].
         dataset_seed: collection seed: episode k of a dataset resets with ``dataset_seed + k``.
-        dataset_noise: expert noise levels cycled over the dataset's episodes.
+        dataset_noise: expert noise levels cycled over the dataset's episodes (when
+            ``dataset_mix`` is None).
+        dataset_mix: a named dataset mix of behaviour profiles
+            (:data:`carla_safe_envs.profiles.MIXES`: ``paper``, ``frontier``, ...) the
+            datasets are collected with instead of the expert at ``dataset_noise``.
         offline_optional: models that train online but can learn from the dataset instead
             (``AgentSpec.dataset_optional``: DreamerV3) get the dataset, as in VL-SAFE's
             offline setting.
@@ -82,6 +90,7 @@ class GridPreset:
     dataset_steps: int = 20_000
     dataset_seed: int = 0
     dataset_noise: tuple[float, ...] = (0.0, 0.1, 0.3)
+    dataset_mix: str | None = None
     offline_optional: bool = True
     labeler: LabelerChoice = "auto"
     env_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
@@ -102,6 +111,14 @@ class GridPreset:
                 f"seed; got episodes={self.episodes}, dataset_steps={self.dataset_steps}, "
                 f"seeds={self.seeds}"
             )
+        if self.dataset_mix is not None:
+            from carla_safe_envs.profiles import MIX_NAMES
+
+            if self.dataset_mix not in MIX_NAMES:
+                raise GridError(
+                    f"preset {self.name!r}: unknown dataset mix {self.dataset_mix!r}; choose "
+                    f"one of: {', '.join(MIX_NAMES)}"
+                )
         if self.labeler not in ("auto", "clip", "oracle"):
             raise GridError(f"labeler must be auto, clip or oracle, got {self.labeler!r}")
         from benchmarks.generalize import SHIFTS
@@ -174,6 +191,15 @@ PRESETS: dict[str, GridPreset] = {
             env_kwargs={task: {"speed_cue": True} for task in TABLE_TASKS},
         ),
         GridPreset(
+            name="cpu-paper",
+            agent_preset="cpu",
+            seeds=(0, 1, 2, 3, 4),
+            episodes=20,
+            dataset_mix="paper",
+            shifts=("density",),
+            env_kwargs={task: {"speed_cue": True} for task in TABLE_TASKS},
+        ),
+        GridPreset(
             name="paper",
             agent_preset="paper",
             seeds=(0, 1, 2, 3, 4),
@@ -201,16 +227,19 @@ class Cell(NamedTuple):
 
 
 class DatasetKey(NamedTuple):
-    """An offline dataset: one task, one action mode, the preset's size and seed."""
+    """An offline dataset: one task, one action mode, the preset's size, seed and dataset mix
+    (None: the expert at the preset's noise levels)."""
 
     task: str
     action_mode: str
     steps: int
     seed: int
+    mix: str | None = None
 
     @property
     def filename(self) -> str:
-        return f"{self.task}_{self.action_mode}_{self.steps}steps_seed{self.seed}.h5"
+        mix = f"_{self.mix}" if self.mix is not None else ""
+        return f"{self.task}_{self.action_mode}_{self.steps}steps_seed{self.seed}{mix}.h5"
 
 
 def get_preset(name: str) -> GridPreset:
@@ -288,7 +317,9 @@ def dataset_for(cell: Cell, preset: GridPreset) -> DatasetKey | None:
     if not uses_dataset(cell.model, preset):
         return None
     mode = get_spec(cell.model).action_mode
-    return DatasetKey(cell.task, mode, preset.dataset_steps, preset.dataset_seed)
+    return DatasetKey(
+        cell.task, mode, preset.dataset_steps, preset.dataset_seed, preset.dataset_mix
+    )
 
 
 def needs_labels(cells: Iterable[Cell], preset: GridPreset) -> set[DatasetKey]:

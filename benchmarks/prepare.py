@@ -119,23 +119,27 @@ class PreparedDataset:
 
     path: Path
     labels: Mapping[str, Any] | None
+    sha256: str = ""  # of the file as the cells train on it (labels included)
+    content_sha256: str = ""  # of its step data (carla_safe_envs.cards.content_sha256)
 
 
 def _check_reused(path: Path, key: DatasetKey, preset: GridPreset) -> None:
     from carla_safe_envs.datasets import OfflineDataset
+    from carla_safe_envs.profiles import noise_mix
 
     with OfflineDataset(path) as data:
         attrs = data.attrs
         found = (data.task, data.action_mode, data.n_steps, int(attrs["seed"]))
-        noise = tuple(float(p) for p in attrs["noise_levels"])
+        mix = data.mix["name"]
         env = json.loads(attrs["env_kwargs"]) if "env_kwargs" in attrs else {}
     wanted = (key.task, key.action_mode, key.steps, key.seed)
+    wanted_mix = key.mix if key.mix is not None else noise_mix(preset.dataset_noise).name
     wanted_env = json.loads(json.dumps(dict(preset.env_kwargs.get(key.task, {}))))
-    if found != wanted or noise != tuple(preset.dataset_noise) or env != wanted_env:
+    if found != wanted or mix != wanted_mix or env != wanted_env:
         raise GridError(
-            f"{path} holds (task, action mode, steps, seed) {found} with noise {noise} and env "
-            f"options {env}, not {wanted} with noise {tuple(preset.dataset_noise)} and env "
-            f"options {wanted_env}; remove it or use another --data-dir"
+            f"{path} holds (task, action mode, steps, seed) {found} of mix {mix!r} with env "
+            f"options {env}, not {wanted} of mix {wanted_mix!r} with env options "
+            f"{wanted_env}; remove it or use another --data-dir"
         )
 
 
@@ -205,7 +209,8 @@ def _prepare_one(
             key.steps,
             path,
             seed=key.seed,
-            noise=preset.dataset_noise,
+            noise=preset.dataset_noise if key.mix is None else None,
+            mix=key.mix,
             action_mode=key.action_mode,
             env_kwargs=preset.env_kwargs.get(key.task),
             progress=progress,
@@ -227,7 +232,13 @@ def _prepare_one(
             }
     if values is not None:  # written after the reader closed
         OfflineDataset.write_column(path, SAFETY_COLUMN, values, labels)
-    return PreparedDataset(path, _plain(labels) if labels is not None else None)
+    from carla_safe_envs.cards import content_sha256, file_sha256
+
+    with OfflineDataset(path) as data:
+        content = content_sha256(data)
+    return PreparedDataset(
+        path, _plain(labels) if labels is not None else None, file_sha256(path), content
+    )
 
 
 def _plain(attrs: Mapping[str, Any]) -> dict[str, Any]:

@@ -146,6 +146,7 @@ def run_grid(
                     episodes=preset.episodes,
                     eval_seed=preset.eval_seed,
                     dataset=str(data.path) if data is not None else None,
+                    dataset_sha256=data.sha256 if data is not None else "",
                     labeler=str(labels.get("labeler", "")) if uses_labels else "",
                     model_dir=str(store.model_dir(cell)),
                     log_file=str(store.log_file(cell)),
@@ -229,6 +230,8 @@ def _dataset_entry(key: DatasetKey, prepared: PreparedDataset | DatasetFailure) 
     else:
         entry["path"] = str(prepared.path)
         entry["labels"] = prepared.labels
+        entry["sha256"] = prepared.sha256
+        entry["content_sha256"] = prepared.content_sha256
     return entry
 
 

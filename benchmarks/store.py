@@ -19,7 +19,8 @@ lock file keeps two drivers out of one directory.
 Row schema (:data:`ROW_COLUMNS`): the cell (``model``, ``label``, ``task``, ``seed``), the
 protocol (``preset``, ``agent_preset``, ``episodes``), the episode (``condition``,
 ``episode``, ``eval_seed`` and the :class:`~carla_safe_envs.metrics.EpisodeMetrics` fields),
-the data (``dataset``, ``labeler``), timing (``train_seconds``, ``eval_seconds`` of the
+the data (``dataset``, its file's ``dataset_sha256`` as the cell trained on it: "" in cells
+written before it was recorded, and for online models; ``labeler``), timing (``train_seconds``, ``eval_seconds`` of the
 row's condition) and provenance (``config``, ``train``, ``versions`` as JSON, ``executor``,
 ``host``, ``finished``, ``store_format``).  ``condition`` is ``"train"``
 (:data:`TRAIN_CONDITION`) for the evaluation on the task as trained, and a level's label of
@@ -69,6 +70,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "eval_seed",
     *METRIC_FIELDS,
     "dataset",
+    "dataset_sha256",
     "labeler",
     "train_seconds",
     "eval_seconds",
@@ -126,6 +128,7 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
         )
     if manifest["format"] in OLD_FORMATS:
         manifest["protocol"].setdefault("shifts", [])
+    manifest["protocol"].setdefault("dataset_mix", None)  # stores before dataset mixes
     return manifest
 
 
@@ -322,6 +325,8 @@ class ResultStore:
                 )
             if "condition" not in frame.columns:  # v1: evaluated as trained only
                 frame["condition"] = TRAIN_CONDITION
+            if "dataset_sha256" not in frame.columns:  # cells before it was recorded
+                frame["dataset_sha256"] = ""
             frames.append(frame[list(ROW_COLUMNS)])
         return pd.concat(frames, ignore_index=True)
 

@@ -1,9 +1,11 @@
-"""Expert data collection: drive the expert in a task and write an offline dataset file.
+"""Data collection: drive the privileged driver in a task and write an offline dataset file.
 
 :func:`collect` drives episodes of :class:`carla_safe_envs.expert.ExpertPolicy` (one process or
-several, written in episode order either way) and writes them into one HDF5 file of the
-``carla-safe/offline-v1`` format that :mod:`carla_safe_envs.datasets` defines and reads.  The
-file is written to ``<out>.partial`` and renamed only when complete.
+several, written in episode order either way), each with the (behaviour profile, noise) of its
+place in a dataset mix (:mod:`carla_safe_envs.profiles`), and writes them into one HDF5 file
+of the ``carla-safe/offline-v1`` format that :mod:`carla_safe_envs.datasets` defines and reads.
+The file is written to ``<out>.partial`` and renamed only when complete; its dataset card
+(:mod:`carla_safe_envs.cards`) is written beside it.
 """
 
 from __future__ import annotations
@@ -20,23 +22,27 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from carla_safe_envs.datasets import INFO_GROUPS, INFO_KEYS, SCHEMA, import_h5py, partial_path
+from carla_safe_envs.profiles import DatasetMix, get_mix, noise_mix
 from carla_safe_envs.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_NOISE = (0.0, 0.1, 0.3)  # expert noise levels, cycled over episodes
+DEFAULT_NOISE = (0.0, 0.1, 0.3)  # expert noise levels, cycled over episodes (the "expert" mix)
 CHUNK_FRAMES = 16  # frames per HDF5 chunk of `observations` (random reads decompress one chunk)
 COMPRESSION = "gzip"  # level 4: 1.3 MB / 1000 frames at ~2300 frames/s (lzf 2.7 MB, gzip-1 1.7 MB)
 COMPRESSION_OPTS = 4
 
 
 class EpisodeSpec(NamedTuple):
-    """Episode ``index`` of a collection: reset and expert seed, noise level, step cap."""
+    """Episode ``index`` of a collection: reset and driver seed, noise level, step cap, and
+    the behaviour profile (its parameters, and its index in the mix's ``profiles``)."""
 
     index: int
     seed: int
     noise: float
     max_steps: int
+    profile: Any = "expert"  # a DriverProfile (or a profile name)
+    profile_id: int = 0
 
 
 _ENV_CACHE: dict[str, Any] = {}  # one env per (task, action_mode, kwargs) and process
@@ -87,7 +93,7 @@ def _run_episode(
             on_step()
 
     env = _make_env(task_id, action_mode, env_kwargs)
-    policy = ExpertPolicy(noise=spec.noise, seed=spec.seed)
+    policy = ExpertPolicy(noise=spec.noise, seed=spec.seed, profile=spec.profile)
     run_episode(env, policy, seed=spec.seed, max_steps=spec.max_steps, on_step=record)
     n = len(rows["actions"])
     action_dtype = np.int64 if action_mode == "discrete" else np.float32
@@ -100,6 +106,7 @@ def _run_episode(
         "timeouts": np.asarray(rows["timeouts"], dtype=bool),
         "episode_ids": np.full(n, spec.index, dtype=np.int32),
         "noise": np.full(n, spec.noise, dtype=np.float32),
+        "profile_ids": np.full(n, spec.profile_id, dtype=np.int16),
     }
     out |= {key: np.asarray(values, dtype=np.float32) for key, values in infos.items()}
     return out
@@ -136,11 +143,27 @@ class _Writer:
         return n
 
 
-def _episode_specs(seed: int, noise: Sequence[float], steps: int) -> Iterator[EpisodeSpec]:
-    k = 0
-    while True:
-        yield EpisodeSpec(k, seed + k, float(noise[k % len(noise)]), steps)
-        k += 1
+def _episode_specs(seed: int, mix: DatasetMix, steps: int) -> Iterator[EpisodeSpec]:
+    ids = {p.name: i for i, p in enumerate(mix.profiles)}
+    for k, (profile, noise) in enumerate(mix.cycle()):
+        yield EpisodeSpec(k, seed + k, float(noise), steps, profile, ids[profile.name])
+
+
+def resolve_mix(
+    mix: str | DatasetMix | None = None, noise: Sequence[float] | None = None
+) -> DatasetMix:
+    """The mix a collection drives: ``mix`` by name, or the expert at the ``noise`` levels
+    (``None`` for both: the ``expert`` mix, noise 0 / 0.1 / 0.3)."""
+    if mix is not None and noise is not None:
+        raise ValueError(
+            "give a dataset mix or expert noise levels, not both (a mix names its own noise)"
+        )
+    if mix is not None:
+        return get_mix(mix)
+    levels = DEFAULT_NOISE if noise is None else tuple(noise)
+    if not levels or any(not 0.0 <= float(p) <= 1.0 for p in levels):
+        raise ValueError(f"noise must be a non-empty list of probabilities in [0, 1], got {noise}")
+    return noise_mix(levels)
 
 
 def collect(
@@ -149,18 +172,24 @@ def collect(
     out: str | os.PathLike,
     *,
     seed: int = 0,
-    noise: Sequence[float] = DEFAULT_NOISE,
+    noise: Sequence[float] | None = None,
+    mix: str | DatasetMix | None = None,
     workers: int = 1,
     action_mode: str = "discrete",
     env_kwargs: Mapping[str, Any] | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    card: bool = True,
 ) -> Path:
-    """Drive the expert for ``steps`` steps of ``task_id`` and write the dataset to ``out``.
+    """Drive the privileged driver for ``steps`` steps of ``task_id`` and write the dataset to
+    ``out`` (and its card beside it, ``card=False`` to skip: :mod:`carla_safe_envs.cards`).
 
-    Episode ``k`` is reset with seed ``seed + k`` and driven at noise level
-    ``noise[k % len(noise)]`` (a burst-of-random-actions probability, see
-    :class:`carla_safe_envs.expert.Expert`); only whole episodes are stored except the last,
+    Episode ``k`` is reset with seed ``seed + k`` and driven by component ``k % len(mix)`` of
+    the dataset mix (a behaviour profile and a noise level: the probability of a burst of
+    random or reckless actions, see :class:`carla_safe_envs.expert.Expert`).  ``mix`` names
+    one of :data:`carla_safe_envs.profiles.MIXES`; without it the expert drives at the
+    ``noise`` levels (default 0 / 0.1 / 0.3: the ``expert`` mix).  Only whole episodes are
+    stored except the last,
     which is cut at ``steps`` with its last step marked ``timeouts=True``.  ``workers > 1``
     drives episodes in that many spawned processes and writes them in episode order, so the
     file equals the single-process one.  The file is written to ``<out>.partial`` and renamed
@@ -171,8 +200,7 @@ def collect(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if not noise or any(not 0.0 <= p <= 1.0 for p in noise):
-        raise ValueError(f"noise must be a non-empty list of probabilities in [0, 1], got {noise}")
+    mix = resolve_mix(mix, noise)
     if action_mode not in ("discrete", "continuous"):
         raise ValueError(f"action_mode must be 'discrete' or 'continuous', got {action_mode!r}")
     if out.exists() and not overwrite:
@@ -186,7 +214,7 @@ def collect(
     h5py = import_h5py()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(out)
-    specs = _episode_specs(seed, noise, steps)
+    specs = _episode_specs(seed, mix, steps)
     try:
         with h5py.File(tmp, "w") as file, progress_bar(steps, "collect", progress) as bar:
             writer = _Writer(file, steps)
@@ -203,7 +231,10 @@ def collect(
                 carla_safe_version=carla_safe_envs.__version__,
                 task=task_id,
                 seed=seed,
-                noise_levels=np.asarray(noise, dtype=np.float64),
+                noise_levels=np.asarray(
+                    list(dict.fromkeys(c.noise for c in mix.components)), dtype=np.float64
+                ),
+                mix=json.dumps(mix.describe(), sort_keys=True),
                 action_mode=action_mode,
                 env_kwargs=json.dumps(env_kwargs, sort_keys=True),
                 n_steps=steps,
@@ -217,6 +248,10 @@ def collect(
         tmp.unlink(missing_ok=True)
         raise
     logger.info("wrote %s (%d steps, %d episodes)", out, steps, n_episodes)
+    if card:
+        from carla_safe_envs.cards import write_card
+
+        write_card(out)
     return out
 
 

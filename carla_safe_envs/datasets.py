@@ -14,6 +14,9 @@ dataset                     shape, dtype                meaning
 ``terminals``, ``timeouts`` (N,) bool                   terminated / truncated or cut at ``N``
 ``episode_ids``             (N,) int32                  0, 1, ... in collection order
 ``noise``                   (N,) float32                expert noise level of the episode
+``profile_ids`` (optional)  (N,) int16                  the episode's behaviour profile, an
+                                                        index into the ``mix`` attribute's
+                                                        ``profiles`` (absent: ``expert``)
 ``infos/<key>``             (N,) float32                speed, collision, ttc (inf allowed), ...
 ``infos/cost_terms/<k>``    (N,) float32                the named cost indicators
 ``infos/reward_terms/<k>``  (N,) float32                the named reward terms
@@ -21,8 +24,11 @@ dataset                     shape, dtype                meaning
 ==========================  ==========================  ======================================
 
 File attributes: ``schema``, ``carla_safe_version``, ``task``, ``seed``, ``noise_levels``,
-``action_mode``, ``env_kwargs`` (JSON), ``n_steps``, ``n_episodes``, ``created`` (ISO time) and
-``complete`` (written last; a file without it never loads).
+``action_mode``, ``env_kwargs`` (JSON), ``n_steps``, ``n_episodes``, ``created`` (ISO time),
+``mix`` (JSON of :meth:`carla_safe_envs.profiles.DatasetMix.describe`: the dataset mix, its
+cycle of (profile, noise) and every profile's parameters; absent in files written before
+behaviour profiles: the expert at ``noise_levels``) and ``complete`` (written last; a file
+without it never loads).
 
 The expert writes these files (:func:`carla_safe_envs.collection.collect`); everything that
 reads one goes through :class:`OfflineDataset`, which serves frames, transitions and
@@ -222,6 +228,30 @@ class OfflineDataset:
     timeouts = property(lambda self: self.column("timeouts"))
     episode_ids = property(lambda self: self.column("episode_ids"))
     noise = property(lambda self: self.column("noise"))
+
+    @property
+    def mix(self) -> dict[str, Any]:
+        """The dataset mix it was collected with (:meth:`DatasetMix.describe` of
+        :mod:`carla_safe_envs.profiles`); for files written before profiles existed, the
+        expert at the file's noise levels."""
+        if "mix" in self._file.attrs:
+            return json.loads(self._file.attrs["mix"])
+        from carla_safe_envs.profiles import noise_mix
+
+        return noise_mix([float(p) for p in self._file.attrs["noise_levels"]]).describe()
+
+    @property
+    def profile_names(self) -> list[str]:
+        """The profile names that :attr:`profile_ids` index."""
+        return [p["name"] for p in self.mix["profiles"]]
+
+    @property
+    def profile_ids(self) -> np.ndarray:
+        """(N,) the behaviour profile of each step's episode (zeros: ``expert``, in files
+        written before profiles existed)."""
+        if "profile_ids" in self._file:
+            return self.column("profile_ids")
+        return np.zeros(self.n_steps, dtype=np.int16)
 
     def signal(self, name: str) -> np.ndarray:
         """An ``infos`` column, e.g. ``"ttc"`` or ``"cost_terms/collision"`` (N,) float32."""

@@ -377,7 +377,7 @@ def test_unknown_models_tasks_presets_and_seeds(capsys: pytest.CaptureFixture[st
         make_cells(SMOKE, models=["nope"])
     with pytest.raises(GridError, match="unknown task.*CarlaParking-v0.*CarlaFourLane-v0"):
         make_cells(SMOKE, tasks=["CarlaParking-v0"])
-    with pytest.raises(GridError, match="unknown preset 'huge'.*smoke, small, cpu, paper"):
+    with pytest.raises(GridError, match="unknown preset 'huge'.*smoke, small, cpu, cpu-paper, paper"):
         get_preset("huge")
     with pytest.raises(GridError, match="non-negative"):
         make_cells(SMOKE, seeds=[-1])
