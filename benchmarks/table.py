@@ -5,8 +5,9 @@ Layout (the VL-SAFE poster's): the tasks as row groups in the poster's order (Fo
 Turn, Navigation, Right Turn), the nine models by their table labels, then any other model in
 the store (the expert), and the ten metrics of :mod:`carla_safe_envs.metrics`.  Each cell is
 the mean over seeds of the per-seed metric (:func:`~carla_safe_envs.metrics.aggregate` over
-that seed's evaluation episodes), its 95% stratified-bootstrap interval over seeds
-(:mod:`benchmarks.stats`; shown from two seeds on) and the published number
+that seed's evaluation episodes), its interval over seeds (:func:`benchmarks.stats.seed_interval`:
+the 95% Student-t interval from 4 seeds on, the seeds' range with 2-3; shown from two seeds
+on) and the published number
 (:mod:`benchmarks.published`).  The best mean of the nine models per task and metric is
 marked (bold; ties are all marked, and nothing when every model ties), in each metric's
 direction.  Cells without results say ``missing`` (or
@@ -43,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.published import HIGHER_IS_BETTER, SOURCE, TABLE_TASKS, load_published
-from benchmarks.stats import DEFAULT_REPS, Interval, mean_interval
+from benchmarks.stats import DEFAULT_REPS, Interval, describe_seed_intervals, seed_interval
 from carla_safe_envs.metrics import METRIC_NAMES
 
 HELP = "the comparison table of a result directory: ours with CIs beside the published numbers"
@@ -123,7 +124,7 @@ def summarize(root: str | Path, *, reps: int = DEFAULT_REPS) -> Table:
             cell.per_seed.setdefault(name, []).append(float(metrics[name]))
     for cell in cells.values():
         for name, values in cell.per_seed.items():
-            cell.metrics[name] = mean_interval(values, reps=reps)
+            cell.metrics[name] = seed_interval(values)
     _mark_best(cells, TABLE_MODELS)
     return Table(cells, models, _caption(store, rows, cells))
 
@@ -169,8 +170,9 @@ def _caption(store: Any, rows: Any, cells: Mapping[tuple[str, str], CellSummary]
         f"{protocol['agent_preset']!r}, {protocol['episodes']} evaluation "
         f"episode{'s' if protocol['episodes'] != 1 else ''} per seed, "
         f"seeds {seeds or 'none yet'}), embedded simulator.",
-        "Each cell: ours = mean over seeds of the per-seed metric [95% stratified-bootstrap CI "
-        f"over seeds, shown from 2 seeds on] / published ({SOURCE}).",
+        "Each cell: ours = mean over seeds of the per-seed metric ["
+        f"{describe_seed_intervals([len(c.seeds) for c in cells.values()])}, shown from 2 "
+        f"seeds on] / published ({SOURCE}).",
         "Best of the nine models per task and metric in bold, ties included, unless all tie "
         "(Return, AS, WC, TD, AR higher is better; Cost, CR, TCF, DCF, CS lower).",
     ]
@@ -418,7 +420,7 @@ def summarize_generalization(
                 for name in GENERALIZE_METRICS:
                     values = [seeds[s][name] for s in summary.seeds]
                     if values:
-                        summary.metrics[name] = mean_interval(values, reps=reps)
+                        summary.metrics[name] = seed_interval(values)
                 summaries.append(summary)
             train = summaries[0].metrics.get("Return")
             for summary in summaries[1:]:
@@ -439,7 +441,8 @@ def summarize_generalization(
         f"every trained cell evaluated as trained ('train'; {trained_on}) and on each other "
         f"level, {protocol['episodes']} episode{'s' if protocol['episodes'] != 1 else ''} per "
         "seed and condition on the same reset seeds. Each cell: mean over seeds of the per-seed "
-        "metric [95% stratified-bootstrap CI over seeds, shown from 2 seeds on]. Return drop: "
+        f"metric [{describe_seed_intervals([len(s.seeds) for s in out])}, shown from 2 seeds "
+        "on]. Return drop: "
         "(train - shifted) / |train| of the mean Returns, positive when it fell."
     )
     return GeneralizationTable(out, caption)
@@ -595,12 +598,16 @@ def compare_with_paper(table: Table) -> list[TaskComparison]:
     return out
 
 
+def _bracket_words(table: Table) -> str:
+    return describe_seed_intervals([len(c.seeds) for c in table.cells.values()])
+
+
 def format_headline_markdown(table: Table) -> str:
     """The README's headline: Return, Cost, AR and CR of the table (same cells, intervals and
     marks), then, per task, our Return ranking against the paper's and the VL-SAFE claim."""
     head = ["Task", "Model", *(_header(n, ("↑", "↓")) for n in HEADLINE_METRICS)]
     lines = [
-        f"Return, Cost, AR and CR of `table.md`: ours [95% CI over seeds] / published "
+        f"Return, Cost, AR and CR of `table.md`: ours [{_bracket_words(table)}] / published "
         f"(the full table has all ten metrics). {table.caption.split('. ')[0]}.",
         "",
         "| " + " | ".join(head) + " |",

@@ -126,6 +126,7 @@ def write(
         "agent_preset": "debug",
         "episodes": len(episodes),
         "dataset": "",
+        "dataset_sha256": "",
         "labeler": "",
         "train_seconds": 0.0,
         "eval_seconds": 0.0,
