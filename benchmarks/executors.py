@@ -15,6 +15,7 @@ Executors are listed in :data:`EXECUTORS`; anything with ``name`` and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -57,6 +58,11 @@ class Job:
         shifts: generalization shifts (``density``, ``town``): the trained agent is also
             evaluated on every level of each but its training one, with the same episodes.
         progress: show the training and evaluation progress bars.
+        safety: (N,) float32 p(s) the model trains on instead of the dataset's (a label
+            variant's, made by the driver), or None; the shared dataset file is never
+            written: the worker trains on a relabeled copy that links its frames
+            (:func:`carla_safe_envs.datasets.write_relabeled`).
+        safety_attrs: the attributes of that p(s) column (its label source and seed).
     """
 
     cell: Cell
@@ -72,6 +78,8 @@ class Job:
     dataset_sha256: str = ""
     shifts: tuple[str, ...] = ()
     progress: bool = False
+    safety: Any = field(default=None, compare=False)  # (N,) float32, or None
+    safety_attrs: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -173,7 +181,10 @@ def run_cell(job: Job) -> CellResult:
             _note(log_file, f"cell {cell}: reusing the trained agent in {model_dir}")
         else:
             shutil.rmtree(model_dir, ignore_errors=True)
-            summary = agent.fit(job.dataset, log_dir=model_dir / "logs", progress=job.progress)
+            with _training_data(job) as dataset:
+                summary = agent.fit(dataset, log_dir=model_dir / "logs", progress=job.progress)
+            if job.safety is not None:  # the shared file, not the scratch copy (train_info too)
+                summary.update(dataset=job.dataset, labels=dict(job.safety_attrs))
             agent.save(model_dir)
         _note(log_file, f"cell {cell}: trained {summary}")
         evaluated = {}  # condition -> (per-episode metrics, seconds)
@@ -190,6 +201,7 @@ def run_cell(job: Job) -> CellResult:
             _note(log_file, f"cell {cell}: evaluated ({condition}) {aggregate(episodes)}")
         common = {
             "model": cell.model,
+            "variant": cell.variant,
             "label": get_spec(cell.model).label,
             "task": cell.task,
             "seed": cell.seed,
@@ -229,6 +241,20 @@ def run_cell(job: Job) -> CellResult:
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
+
+
+@contextlib.contextmanager
+def _training_data(job: Job) -> Iterator[str | None]:
+    """The dataset path ``job``'s model trains on: the job's dataset, or, with
+    ``job.safety``, a relabeled copy of it in a scratch folder (removed afterwards)."""
+    if job.safety is None or job.dataset is None:
+        yield job.dataset
+        return
+    from carla_safe_envs.datasets import write_relabeled
+
+    with tempfile.TemporaryDirectory(prefix="carla-safe-labels-") as tmp:
+        path = Path(tmp) / Path(job.dataset).name
+        yield str(write_relabeled(job.dataset, path, job.safety, job.safety_attrs))
 
 
 # ---------------------------------------------------------------------------- local

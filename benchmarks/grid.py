@@ -25,15 +25,28 @@ cell).  These presets ship in :data:`PRESETS`:
   ``python -m benchmarks calibrate`` checks its BC cells against the paper's BC row.
 - ``paper``: the budgets of a GPU cluster: agent preset ``paper``, 5 seeds, 100,000-step
   datasets, 20 evaluation episodes (documented; not run in CI).
+- ``cpu-paper-ablation``: the ``cpu`` grid without its density shifts, with the variants of
+  :data:`ABLATION_VARIANTS` (VL-SAFE's p(s) ablation, issue 28; not run yet).
 
 Every cell of a grid evaluates on the same episodes (reset seeds ``eval_seed + k``), so models
 are compared on common random numbers; datasets are one per task and action mode, shared by
 every model and seed.
+
+Variants.  A cell is (model, task, seed, variant): a variant (:class:`Variant`, registered in
+:data:`VARIANTS`) is a named set of agent-config overrides and/or a label source of p(s)
+(:mod:`vlsafe.label_sources`) for the models it changes; the default variant
+(:data:`DEFAULT_VARIANT`) is the preset as it is, and its cells keep the layout and rows of a
+grid without variants.  A preset's ``variants`` are run besides the default (``run
+--variants`` picks others); each variant cell is stored beside the default one
+(``task/model@variant/seed-S``) and is a row of its own in the tables.  The
+``cpu-paper-ablation`` preset is VL-SAFE's p(s) ablation of issue 28 (its labels, the cost
+branch, the world-model actor without weighting) at ``cpu`` budgets.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -41,11 +54,123 @@ from typing import Any, Literal, NamedTuple
 from benchmarks.published import TABLE_TASKS
 
 LabelerChoice = Literal["auto", "clip", "oracle"]
+DEFAULT_VARIANT = "default"  # the preset as it is: the main cells
+_VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
 
 class GridError(ValueError):
     """An unknown preset, model or task, or an invalid seed list; the message lists the
     valid choices."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named change to some models of a grid: agent-config overrides and/or the label
+    source their p(s) is made from.
+
+    Attributes:
+        name: the variant's name (``--variants``; lower case, digits, ``_ . -``): the
+            ``variant`` column of its rows and the ``@name`` of its cells' paths.
+        config: model name -> overrides of its agent config, on top of the preset's
+            ``agent_config`` (dotted keys for nested fields: ``weighted_actor.beta_r``).
+        labels: a label source spec (:func:`vlsafe.label_sources.parse_label_source`:
+            ``frame``, ``constant:1``, ``shuffled``, ``noisy:0.3``, ...): the models that
+            train on p(s) (``AgentSpec.needs_safety``) get these labels instead of the
+            dataset's, made from the dataset with the cell's seed; None keeps the dataset's.
+        summary: one line saying what the variant tests.
+    """
+
+    name: str
+    config: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    labels: str | None = None
+    summary: str = ""
+
+    def __post_init__(self) -> None:
+        if not _VARIANT_NAME.fullmatch(self.name) or self.name == DEFAULT_VARIANT:
+            raise GridError(
+                f"variant name {self.name!r}: use lower-case letters, digits and _ . - "
+                f"(it names folders), and not {DEFAULT_VARIANT!r}"
+            )
+        if not self.config and self.labels is None:
+            raise GridError(f"variant {self.name!r} changes nothing: give config or labels")
+        if self.labels is not None:
+            from vlsafe.label_sources import LabelSourceError, parse_label_source
+
+            try:
+                parse_label_source(self.labels)
+            except LabelSourceError as exc:
+                raise GridError(f"variant {self.name!r}: {exc}") from None
+
+    def applies_to(self, model: str) -> bool:
+        """Whether the variant changes ``model`` (its config, or its labels where the model
+        trains on p(s))."""
+        from carla_safe_envs.agents import get_spec
+
+        return model in self.config or (self.labels is not None and get_spec(model).needs_safety)
+
+    def definition(self) -> dict[str, Any]:
+        """What the variant changes, JSON-ready (recorded in the store's manifest)."""
+        return {
+            "config": {m: dict(kw) for m, kw in sorted(self.config.items())},
+            "labels": self.labels,
+        }
+
+
+#: The registered variants: VL-SAFE's p(s) ablation (issue 28).
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant(
+            "oracle",
+            labels="oracle",
+            summary="the oracle labels made afresh (the main cells' when no CLIP weights)",
+        ),
+        Variant(
+            "frame",
+            labels="frame",
+            summary="frame-only labels: the state's own TTC and lane error, no future cost",
+        ),
+        Variant("constant-1", labels="constant:1", summary="p(s) = 1: the reward branch only"),
+        Variant("constant-0", labels="constant:0", summary="p(s) = 0: the cost branch only"),
+        Variant(
+            "shuffled",
+            labels="shuffled",
+            summary="the oracle's labels permuted across states: same marginal, no link",
+        ),
+        Variant(
+            "noisy-0.3",
+            labels="noisy:0.3",
+            summary="the oracle's labels flipped with probability 0.3 (an imperfect VLM)",
+        ),
+        Variant(
+            "beta-0",
+            config={"vlsafe": {"weighted_actor.beta_r": 0.0, "weighted_actor.beta_c": 0.0}},
+            summary="beta_r = beta_c = 0: w = 1, the same world-model actor imitating the data",
+        ),
+    )
+}
+
+
+def get_variant(name: str) -> Variant:
+    """The registered variant ``name``; an unknown name lists the valid ones."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise GridError(
+            f"unknown variant {name!r}; choose {DEFAULT_VARIANT!r} or one of: {', '.join(VARIANTS)}"
+        ) from None
+
+
+def row_key(model: str, variant: str = DEFAULT_VARIANT) -> str:
+    """The table's row of a model under a variant: ``model`` for the default, else
+    ``model@variant``."""
+    return model if variant == DEFAULT_VARIANT else f"{model}@{variant}"
+
+
+def split_row_key(key: str) -> tuple[str, str]:
+    """``(model, variant)`` of a :func:`row_key`."""
+    model, _, variant = key.partition("@")
+    return model, variant or DEFAULT_VARIANT
 
 
 @dataclass(frozen=True)
@@ -80,6 +205,10 @@ class GridPreset:
             overrides); the rows carry the level in ``condition``.
         agent_config: model name -> overrides of its agent preset's fields (the training
             budget a grid can afford; see ``SMALL_BUDGETS``), passed to ``make_agent``.
+        variants: names of :data:`VARIANTS` run besides the default variant (``run
+            --variants`` overrides).  Not part of :meth:`protocol`: a variant adds cells
+            to a store of the same protocol, and the store records each variant's
+            definition (:meth:`benchmarks.store.ResultStore.record_variants`).
     """
 
     name: str
@@ -96,9 +225,18 @@ class GridPreset:
     env_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     shifts: tuple[str, ...] = ()
     agent_config: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    variants: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from carla_safe_envs.agents import PRESET_NAMES
+
+        if DEFAULT_VARIANT in self.variants or len(set(self.variants)) != len(self.variants):
+            raise GridError(
+                f"preset {self.name!r}: variants must be distinct and leave out "
+                f"{DEFAULT_VARIANT!r} (always run); got {list(self.variants)}"
+            )
+        for name in self.variants:
+            get_variant(name)
 
         if self.agent_preset not in PRESET_NAMES:
             raise GridError(
@@ -132,10 +270,11 @@ class GridPreset:
             )
 
     def protocol(self) -> dict[str, Any]:
-        """Every field that makes results comparable (all but ``seeds``), JSON-ready: a
-        result directory holds the results of one protocol."""
+        """Every field that makes results comparable (all but ``seeds`` and ``variants``),
+        JSON-ready: a result directory holds the results of one protocol."""
         out = dataclasses.asdict(self)
         out.pop("seeds")
+        out.pop("variants")
         out["dataset_noise"] = list(self.dataset_noise)
         out["shifts"] = list(self.shifts)
         out["env_kwargs"] = {task: dict(kw) for task, kw in sorted(self.env_kwargs.items())}
@@ -160,6 +299,22 @@ SMALL_BUDGETS: dict[str, dict[str, Any]] = {
     "fosp": {"updates": 200, "pretrain_updates": 50, "checkpoint_every": 100},
     "vlsafe": {"updates": 200, "pretrain_updates": 50, "checkpoint_every": 100},
 }
+
+#: VL-SAFE's p(s) ablation (issue 28): besides the main cells (the dataset's oracle labels),
+#: frame-only labels, p(s) = 1 and 0, shuffled and 30%-flipped labels, and no weighting.
+#: ``run --preset cpu-paper --models vlsafe --seeds 0 1 2 --variants ...`` adds them as
+#: variant rows of the ``cpu-paper`` store, beside its main VL-SAFE cells (72 cells, ~14
+#: minutes of one core each at ``cpu`` budgets, plus the density-shift evaluations);
+#: ``run --preset cpu-paper-ablation --models vlsafe`` is the same on its own store (84 cells:
+#: the oracle cells again), without the density shifts.
+ABLATION_VARIANTS: tuple[str, ...] = (
+    "frame",
+    "constant-1",
+    "constant-0",
+    "shuffled",
+    "noisy-0.3",
+    "beta-0",
+)
 
 PRESETS: dict[str, GridPreset] = {
     p.name: p
@@ -206,24 +361,42 @@ PRESETS: dict[str, GridPreset] = {
             episodes=20,
             dataset_steps=100_000,
         ),
+        GridPreset(
+            name="cpu-paper-ablation",
+            agent_preset="cpu",
+            seeds=(0, 1, 2),
+            episodes=20,
+            dataset_mix="paper",
+            env_kwargs={task: {"speed_cue": True} for task in TABLE_TASKS},
+            variants=ABLATION_VARIANTS,
+        ),
     )
 }
 
 
 class Cell(NamedTuple):
-    """One model trained on one task with one seed, then evaluated."""
+    """One model trained on one task with one seed (under one variant), then evaluated."""
 
     model: str
     task: str
     seed: int
+    variant: str = DEFAULT_VARIANT
+
+    @property
+    def model_key(self) -> str:
+        """The cell's row in the tables: the model, or ``model@variant`` (:func:`row_key`)."""
+        return row_key(self.model, self.variant)
 
     @property
     def key(self) -> str:
-        """``task/model/seed-S``: the cell's relative path in the result directory."""
-        return f"{self.task}/{self.model}/seed-{self.seed}"
+        """``task/model/seed-S`` (``task/model@variant/seed-S`` for a variant): the cell's
+        relative path in the result directory."""
+        return f"{self.task}/{self.model_key}/seed-{self.seed}"
 
     def __str__(self) -> str:
-        return f"{self.model} {self.task} seed {self.seed}"
+        if self.variant == DEFAULT_VARIANT:
+            return f"{self.model} {self.task} seed {self.seed}"
+        return f"{self.model} [{self.variant}] {self.task} seed {self.seed}"
 
 
 class DatasetKey(NamedTuple):
@@ -284,22 +457,75 @@ def check_tasks(tasks: Iterable[str]) -> tuple[str, ...]:
     return tasks
 
 
+def check_variants(variants: Iterable[str]) -> tuple[str, ...]:
+    """``variants`` as a tuple (duplicates dropped), each ``default`` or registered."""
+    variants = tuple(dict.fromkeys(variants))
+    if not variants:
+        raise GridError(f"no variant given; choose {DEFAULT_VARIANT!r} or: {', '.join(VARIANTS)}")
+    for name in variants:
+        if name != DEFAULT_VARIANT:
+            get_variant(name)
+    return variants
+
+
 def make_cells(
     preset: GridPreset,
     *,
     models: Sequence[str] | None = None,
     tasks: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
+    variants: Sequence[str] | None = None,
 ) -> list[Cell]:
     """The cells of ``preset`` (default: the nine table models, the four tasks in the table's
-    order, the preset's seeds), ordered task by task so that a task's datasets are used by
-    consecutive cells."""
+    order, the preset's seeds, the default variant and the preset's ``variants``), ordered
+    task by task so that a task's datasets are used by consecutive cells.  A variant makes
+    cells only for the models it changes (:meth:`Variant.applies_to`).
+
+    Raises:
+        GridError: an unknown model, task or variant, a bad seed, or a variant that changes
+            none of the models.
+    """
     models = check_models(default_models() if models is None else models)
     tasks = check_tasks(tuple(TABLE_TASKS) if tasks is None else tasks)
     seeds = tuple(dict.fromkeys(preset.seeds if seeds is None else seeds))
     if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds):
         raise GridError(f"seeds must be non-negative integers, got {list(seeds)}")
-    return [Cell(m, t, s) for t in tasks for m in models for s in seeds]
+    variants = check_variants((DEFAULT_VARIANT, *preset.variants) if variants is None else variants)
+    for name in variants:
+        if name != DEFAULT_VARIANT and not any(VARIANTS[name].applies_to(m) for m in models):
+            variant = VARIANTS[name]
+            changes = sorted(variant.config) or ["the models that train on p(s) (vlsafe)"]
+            raise GridError(
+                f"variant {name!r} changes none of the models {list(models)}: it changes "
+                f"{', '.join(changes)}; add them to --models"
+            )
+    return [
+        Cell(m, t, s, v)
+        for t in tasks
+        for m in models
+        for v in variants
+        if v == DEFAULT_VARIANT or VARIANTS[v].applies_to(m)
+        for s in seeds
+    ]
+
+
+def cell_config(cell: Cell, preset: GridPreset) -> dict[str, Any]:
+    """The agent-config overrides of ``cell``: the preset's for its model, then its
+    variant's on top."""
+    config = dict(preset.agent_config.get(cell.model, {}))
+    if cell.variant != DEFAULT_VARIANT:
+        config.update(get_variant(cell.variant).config.get(cell.model, {}))
+    return config
+
+
+def cell_label_source(cell: Cell) -> str | None:
+    """The label source spec ``cell`` trains on instead of the dataset's p(s), or None."""
+    if cell.variant == DEFAULT_VARIANT:
+        return None
+    from carla_safe_envs.agents import get_spec
+
+    labels = get_variant(cell.variant).labels
+    return labels if labels is not None and get_spec(cell.model).needs_safety else None
 
 
 def uses_dataset(model: str, preset: GridPreset) -> bool:

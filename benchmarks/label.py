@@ -9,7 +9,9 @@ leaves a half-written column or touches other data.
 
 ``label-report`` prints, per labeled column, the AUROC / average precision / calibration of
 ``1 - p(s)`` for a cost event within the next k steps (:mod:`vlsafe.label_report`), and can
-write a PNG plot and JSON.
+write a PNG plot and JSON.  ``--sources`` also scores the label sources of
+:mod:`vlsafe.label_sources` (``oracle``, ``frame``, ``constant:C``, ``shuffled``,
+``noisy:Q``: the p(s) a grid variant trains on), made in memory with ``--label-seed``.
 
 Both are registered in ``benchmarks.__main__.COMMANDS`` from :data:`LABEL_COMMAND` and
 :data:`LABEL_REPORT_COMMAND` as ``(help, add_arguments, run)``.
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vlsafe.label_sources import STANDARD_SOURCES
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     )
     clip.add_argument("--device", default="cpu", help="torch device (default cpu)")
     clip.add_argument("--batch-size", type=int, default=64, help="frames per batch (default 64)")
-    oracle = parser.add_argument_group("oracle labeler")
+    oracle = parser.add_argument_group("oracle and frame labelers (frame: no --horizon)")
     oracle.add_argument("--horizon", type=int, default=10, help="cost look-ahead [steps] (10)")
     oracle.add_argument("--ttc-safe", type=float, default=3.0, help="TTC without risk [s] (3)")
     oracle.add_argument(
@@ -84,18 +88,9 @@ def labeler_options(args: argparse.Namespace) -> dict[str, Any]:
             "ttc_safe": args.ttc_safe,
             "lateral_safe": args.lateral_safe,
         }
+    if args.labeler == "frame":
+        return {"ttc_safe": args.ttc_safe, "lateral_safe": args.lateral_safe}
     raise ValueError(f"no command-line options known for labeler {args.labeler!r}")
-
-
-def dataset_signals(dataset: Any, labeler: Any) -> dict[str, np.ndarray]:
-    """The full (N,) arrays of ``labeler.required_signals`` read from ``dataset``."""
-    signals = {}
-    for name in labeler.required_signals:
-        if name == "future_cost":
-            signals[name] = np.asarray(dataset.future_cost(labeler.horizon))
-        else:
-            signals[name] = np.asarray(dataset.signal(name))
-    return signals
 
 
 def label_dataset(
@@ -103,6 +98,7 @@ def label_dataset(
 ) -> np.ndarray:
     """(N,) float32 p(s) of every step of ``dataset``, streaming frames in batches."""
     from carla_safe_envs.progress import progress_bar
+    from vlsafe.labels import dataset_signals
 
     n = dataset.n_steps
     signals = dataset_signals(dataset, labeler)
@@ -176,6 +172,18 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bins", type=int, default=10, help="calibration bins (default 10)")
     parser.add_argument("--png", default=None, help="write ROC + calibration plot here")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--sources",
+        nargs="*",
+        default=None,
+        metavar="SOURCE",
+        help="also score these label sources, made in memory from the dataset's signals "
+        "(oracle, frame, constant:C, shuffled, noisy:Q); a bare --sources: "
+        + " ".join(STANDARD_SOURCES),
+    )
+    parser.add_argument(
+        "--label-seed", type=int, default=0, help="seed of the shuffled / noisy sources (0)"
+    )
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -183,9 +191,14 @@ def run_report(args: argparse.Namespace) -> int:
     from carla_safe_envs.datasets import OfflineDataset
     from vlsafe.label_report import format_report, plot, report
 
+    sources = args.sources
+    if sources is not None and not sources:
+        sources = list(STANDARD_SOURCES)
     try:
         with OfflineDataset(Path(args.dataset)) as dataset:
-            result = report(dataset, k=args.k, bins=args.bins)
+            result = report(
+                dataset, k=args.k, bins=args.bins, sources=sources or (), seed=args.label_seed
+            )
     except USER_ERRORS as error:
         return _fail(error)
     if args.json:
@@ -194,7 +207,7 @@ def run_report(args: argparse.Namespace) -> int:
         print(format_report(result))
     if args.png:
         print(f"wrote {plot(result, args.png)}", file=sys.stderr if args.json else sys.stdout)
-    return 0 if result["labelers"] else 1
+    return 0 if result["labelers"] or result.get("sources") else 1
 
 
 LABEL_COMMAND = (LABEL_HELP, add_label_arguments, run_label)

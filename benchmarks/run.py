@@ -10,6 +10,12 @@ For a grid preset (:data:`benchmarks.grid.PRESETS`) and a result directory, :fun
 5. hands the cells to an executor (:mod:`benchmarks.executors`: local process pool or Ray)
    and stores the rows of each finished cell at once, and the error of each failed one.
 
+A cell of a variant (``--variants``, :class:`benchmarks.grid.Variant`) is made with the
+variant's agent-config overrides on top of the preset's, and, for a label variant, trains
+on the p(s) its label source makes of the dataset with the cell's seed
+(:mod:`vlsafe.label_sources`), made here and recorded in the manifest (``variant_labels``:
+source, seed, mean, sha256) before the cell runs.
+
 A preset's ``shifts`` (``--shift density town``) evaluate every trained cell again on each
 level of those generalization shifts (:mod:`benchmarks.generalize`) but its training one;
 those episodes are extra rows of the cell (``condition``), and ``table`` summarizes them in
@@ -86,7 +92,14 @@ def run_grid(
         GridError: ``--labeler clip`` without CLIP weights.
     """
     from benchmarks.executors import Job, unpack_model
-    from benchmarks.grid import dataset_for, needs_labels
+    from benchmarks.grid import (
+        DEFAULT_VARIANT,
+        cell_config,
+        cell_label_source,
+        dataset_for,
+        get_variant,
+        needs_labels,
+    )
     from benchmarks.prepare import resolve_labeler
     from benchmarks.store import STORE_FORMAT, ResultStore, now
     from carla_safe_envs.agents import AgentError, get_spec
@@ -96,6 +109,8 @@ def run_grid(
     store = ResultStore.open_or_create(out, preset.protocol())
     summary = GridSummary(out=str(out), cells=len(cells))
     with store.lock():
+        variants = sorted({c.variant for c in cells} - {DEFAULT_VARIANT})
+        store.record_variants({name: get_variant(name).definition() for name in variants})
         store.add_requested(cells)
         todo = [c for c in cells if not store.is_finished(c)]
         summary.already_done = len(cells) - len(todo)
@@ -131,6 +146,7 @@ def run_grid(
         )
 
         jobs = []
+        variant_labels = {}
         for cell in todo:
             key = keys[cell]
             data = prepared.get(key) if key is not None else None
@@ -139,6 +155,13 @@ def run_grid(
                 continue
             labels = data.labels if data is not None else None
             uses_labels = get_spec(cell.model).needs_safety and labels is not None
+            labeler = str(labels.get("labeler", "")) if uses_labels else ""
+            source = cell_label_source(cell)
+            safety, safety_attrs = None, {}
+            if source is not None and data is not None:
+                safety, safety_attrs = variant_safety(data.path, source, cell.seed)
+                variant_labels[cell] = {**safety_attrs, "dataset": key.filename}
+                labeler = _labeler_text(safety_attrs)
             jobs.append(
                 Job(
                     cell=cell,
@@ -147,15 +170,18 @@ def run_grid(
                     eval_seed=preset.eval_seed,
                     dataset=str(data.path) if data is not None else None,
                     dataset_sha256=data.sha256 if data is not None else "",
-                    labeler=str(labels.get("labeler", "")) if uses_labels else "",
+                    labeler=labeler,
                     model_dir=str(store.model_dir(cell)),
                     log_file=str(store.log_file(cell)),
                     env_kwargs=dict(preset.env_kwargs.get(cell.task, {})),
-                    config=dict(preset.agent_config.get(cell.model, {})),
+                    config=cell_config(cell, preset),
                     shifts=preset.shifts,
                     progress=progress,
+                    safety=safety,
+                    safety_attrs=safety_attrs,
                 )
             )
+        store.record_variant_labels(variant_labels)
 
         loop_started = time.perf_counter()
         with progress_bar(len(jobs), "benchmark grid", progress) as bar:
@@ -223,6 +249,25 @@ def _prepare(
     )
 
 
+def variant_safety(path: str | Path, source: str, seed: int) -> tuple[Any, dict[str, Any]]:
+    """(N,) float32 p(s) that the label source ``source`` makes of the dataset at ``path``
+    with ``seed``, and its record (``labeler``, ``source``, the seed where it matters, the
+    labels' ``mean`` and ``sha256``): the same for the same dataset, source and seed."""
+    from carla_safe_envs.datasets import OfflineDataset
+    from vlsafe.label_sources import parse_label_source
+
+    parsed = parse_label_source(source)
+    with OfflineDataset(path) as dataset:
+        values = parsed.labels(dataset, seed)
+    return values, {"labeler": f"source:{parsed.spec}", **parsed.describe(seed, values)}
+
+
+def _labeler_text(record: dict[str, Any]) -> str:
+    """The rows' ``labeler`` of a label variant's cell: ``shuffled seed=1``, ``frame``."""
+    seed = f" seed={record['seed']}" if "seed" in record else ""
+    return f"{record['source']}{seed}"
+
+
 def _dataset_entry(key: DatasetKey, prepared: PreparedDataset | DatasetFailure) -> dict[str, Any]:
     entry: dict[str, Any] = dict(key._asdict())
     if isinstance(prepared, DatasetFailure):
@@ -253,6 +298,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", help="models (default: the nine of the table)")
     parser.add_argument("--tasks", nargs="+", help="task ids (default: all four)")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the preset's)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        metavar="VARIANT",
+        help="variants to run: 'default' (the preset as it is) and/or names of "
+        "benchmarks.grid.VARIANTS (frame, constant-1, constant-0, shuffled, noisy-0.3, "
+        "beta-0, oracle); default: 'default' and the preset's variants",
+    )
     parser.add_argument(
         "--shift",
         nargs="*",
@@ -307,7 +361,9 @@ def run(args: argparse.Namespace) -> int:
         preset = get_preset(args.preset)
         if args.shift is not None:
             preset = dataclasses.replace(preset, shifts=tuple(args.shift))
-        cells = make_cells(preset, models=args.models, tasks=args.tasks, seeds=args.seeds)
+        cells = make_cells(
+            preset, models=args.models, tasks=args.tasks, seeds=args.seeds, variants=args.variants
+        )
         executor = make_executor(args)
         summary = run_grid(
             preset,

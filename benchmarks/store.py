@@ -5,6 +5,7 @@ Layout of a result directory ``DIR``::
     manifest.json                    store format, the grid preset's protocol, the requested
                                      cells, the datasets and safety labels used
     cells/<task>/<model>/seed-S.parquet    one row per evaluation episode of a finished cell
+                                     (a variant's cells: <task>/<model>@<variant>/...)
     failures/<task>/<model>/seed-S.json    the error of a cell whose last attempt failed
     logs/<task>/<model>/seed-S.log         the cell's log (warnings, summary, traceback)
     models/<task>/<model>/seed-S/          the trained agent (``agents.load_agent(dir)``)
@@ -16,7 +17,8 @@ skips exactly the cells whose file exists.  The manifest is replaced the same wa
 process driving the grid writes here (executors return rows; they never write them), and a
 lock file keeps two drivers out of one directory.
 
-Row schema (:data:`ROW_COLUMNS`): the cell (``model``, ``label``, ``task``, ``seed``), the
+Row schema (:data:`ROW_COLUMNS`): the cell (``model``, ``variant``, ``label``, ``task``,
+``seed``), the
 protocol (``preset``, ``agent_preset``, ``episodes``), the episode (``condition``,
 ``episode``, ``eval_seed`` and the :class:`~carla_safe_envs.metrics.EpisodeMetrics` fields),
 the data (``dataset``, its file's ``dataset_sha256`` as the cell trained on it: "" in cells
@@ -26,6 +28,13 @@ row's condition) and provenance (``config``, ``train``, ``versions`` as JSON, ``
 (:data:`TRAIN_CONDITION`) for the evaluation on the task as trained, and a level's label of
 :mod:`benchmarks.generalize` (``density=high``, ``town=Town05``) for the evaluations under
 the protocol's ``shifts``, on the same episodes' reset seeds.
+
+Variants (:class:`benchmarks.grid.Variant`): the manifest's ``variants`` holds the
+definition of every variant run into the store (a name cannot be redefined), and
+``variant_labels`` the label source, seed, mean and sha256 of the p(s) each label-variant
+cell trained on, by cell key.  Rows and cells written before variants existed are the
+default variant's (``variant="default"``), whose paths and ``requested`` entries are as
+they were.
 
 Formats: ``carla-safe/results-v2`` (:data:`STORE_FORMAT`) added ``condition`` and the
 protocol's ``shifts``.  Stores of ``carla-safe/results-v1`` are still read: their rows are
@@ -44,7 +53,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks.grid import Cell
+from benchmarks.grid import DEFAULT_VARIANT, Cell, split_row_key
 from carla_safe_envs.metrics import EpisodeMetrics, aggregate
 
 STORE_FORMAT = "carla-safe/results-v2"
@@ -60,6 +69,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "store_format",
     "preset",
     "model",
+    "variant",
     "label",
     "task",
     "seed",
@@ -222,13 +232,40 @@ class ResultStore:
         _write_atomic(self.root / MANIFEST, lambda p: p.write_text(text))
 
     def add_requested(self, cells: Iterable[Cell]) -> None:
-        """Record ``cells`` as part of the grid (the table marks those without results)."""
+        """Record ``cells`` as part of the grid (the table marks those without results);
+        a default-variant cell as ``[model, task, seed]``, a variant's with its name."""
         requested = {tuple(c) for c in self.manifest["requested"]}
-        requested |= {tuple(c) for c in cells}
+        requested |= {tuple(_record(c)) for c in cells}
         self.update_manifest(requested=sorted(list(c) for c in requested))
 
     def requested(self) -> list[Cell]:
-        return [Cell(m, t, int(s)) for m, t, s in self.manifest["requested"]]
+        return [Cell(m, t, int(s), *v) for m, t, s, *v in self.manifest["requested"]]
+
+    def record_variants(self, definitions: Mapping[str, Mapping[str, Any]]) -> None:
+        """Record the definitions (:meth:`benchmarks.grid.Variant.definition`) of the
+        variants a run adds cells of.
+
+        Raises:
+            StoreError: a variant of that name is stored with another definition (its
+                cells would mean two things).
+        """
+        stored = dict(self.manifest.get("variants", {}))
+        fresh = json.loads(json.dumps(dict(definitions)))
+        changed = {n: (stored[n], d) for n, d in fresh.items() if n in stored and stored[n] != d}
+        if changed:
+            raise StoreError(
+                f"{self.root} holds variant(s) {sorted(changed)} defined otherwise (stored, "
+                f"now): {changed}; keep the stored definition or use a new --out directory"
+            )
+        if any(n not in stored for n in fresh):
+            self.update_manifest(variants={**stored, **fresh})
+
+    def record_variant_labels(self, labels: Mapping[Cell, Mapping[str, Any]]) -> None:
+        """Record, per cell, the p(s) its label variant made (source, seed, mean, sha256)."""
+        if labels:
+            stored = dict(self.manifest.get("variant_labels", {}))
+            stored.update({cell.key: dict(record) for cell, record in labels.items()})
+            self.update_manifest(variant_labels=dict(sorted(stored.items())))
 
     # ------------------------------------------------------------------ paths
     def cell_file(self, cell: Cell) -> Path:
@@ -262,6 +299,10 @@ class ResultStore:
         if not rows:
             raise StoreError(f"{cell}: no rows to write")
         frame = pd.DataFrame(list(rows))
+        if "variant" not in frame.columns:
+            frame["variant"] = cell.variant
+        elif set(frame["variant"]) != {cell.variant}:
+            raise StoreError(f"{cell}: rows of variants {sorted(set(frame['variant']))}")
         missing = [c for c in ROW_COLUMNS if c not in frame.columns]
         if missing:
             raise StoreError(f"{cell}: rows lack the columns {missing}")
@@ -290,8 +331,8 @@ class ResultStore:
         """The cells with stored rows (files of the current layout only)."""
         out = []
         for path in sorted((self.root / "cells").glob("*/*/seed-*.parquet")):
-            task, model = path.parent.parent.name, path.parent.name
-            out.append(Cell(model, task, int(path.stem.removeprefix("seed-"))))
+            task, (model, variant) = path.parent.parent.name, split_row_key(path.parent.name)
+            out.append(Cell(model, task, int(path.stem.removeprefix("seed-")), variant))
         return out
 
     def failures(self) -> dict[Cell, dict[str, Any]]:
@@ -304,7 +345,8 @@ class ResultStore:
 
     def rows(self):
         """Every stored row as one pandas DataFrame (columns :data:`ROW_COLUMNS`; rows of an
-        old format as this version reads them: ``condition="train"``).
+        old format as this version reads them: ``condition="train"``, rows written before
+        variants ``variant="default"``).
 
         Raises:
             StoreError: a cell file of a store format this version does not read.
@@ -327,8 +369,15 @@ class ResultStore:
                 frame["condition"] = TRAIN_CONDITION
             if "dataset_sha256" not in frame.columns:  # cells before it was recorded
                 frame["dataset_sha256"] = ""
+            if "variant" not in frame.columns:  # written before variants: the default
+                frame["variant"] = DEFAULT_VARIANT
             frames.append(frame[list(ROW_COLUMNS)])
         return pd.concat(frames, ignore_index=True)
+
+
+def _record(cell: Cell) -> list[Any]:
+    """``cell`` as the manifest's ``requested`` lists it (the default variant's as before)."""
+    return list(cell) if cell.variant != DEFAULT_VARIANT else list(cell[:3])
 
 
 def episode_metrics(row: Mapping[str, Any]) -> EpisodeMetrics:

@@ -3,7 +3,9 @@
 
 Layout (the VL-SAFE poster's): the tasks as row groups in the poster's order (Four Lane, Left
 Turn, Navigation, Right Turn), the nine models by their table labels, then any other model in
-the store (the expert), and the ten metrics of :mod:`carla_safe_envs.metrics`.  Each cell is
+the store (the expert), each model's variant rows (``VL-SAFE [frame]``: the cells of a
+grid variant, :class:`benchmarks.grid.Variant`; no published number, never marked best)
+right after it, and the ten metrics of :mod:`carla_safe_envs.metrics`.  Each cell is
 the mean over seeds of the per-seed metric (:func:`~carla_safe_envs.metrics.aggregate` over
 that seed's evaluation episodes), its interval over seeds (:func:`benchmarks.stats.seed_interval`:
 the 95% Student-t interval from 4 seeds on, the seeds' range with 2-3; shown from two seeds
@@ -93,25 +95,26 @@ def summarize(root: str | Path, *, reps: int = DEFAULT_REPS) -> Table:
         benchmarks.store.StoreError: ``root`` is not a result directory of this version.
     """
     from benchmarks.store import TRAIN_CONDITION, ResultStore, rows_metrics
-    from carla_safe_envs.agents import AGENTS, TABLE_MODELS
+    from carla_safe_envs.agents import TABLE_MODELS
 
     store = ResultStore(root)
-    rows = store.rows()
+    rows = _keyed(store.rows())
     rows = rows[rows["condition"] == TRAIN_CONDITION]
     requested = store.requested()
     failures = store.failures()
-    models = _model_order(set(rows["model"]) | {c.model for c in requested})
+    models = _model_order(set(rows["model"]) | {c.model_key for c in requested})
     published = load_published()
     cells = {}
     for task in TABLE_TASKS:
         for model in models:
-            label = AGENTS[model].label if model in AGENTS else model
             cells[(task, model)] = CellSummary(
                 task,
                 model,
-                label,
-                requested=sorted(c.seed for c in requested if (c.task, c.model) == (task, model)),
-                failed=sorted(c.seed for c in failures if (c.task, c.model) == (task, model)),
+                _label(model),
+                requested=sorted(
+                    c.seed for c in requested if (c.task, c.model_key) == (task, model)
+                ),
+                failed=sorted(c.seed for c in failures if (c.task, c.model_key) == (task, model)),
                 published=published.get((task, model)),
             )
     for (task, model, seed), group in rows.groupby(["task", "model", "seed"], sort=True):
@@ -130,12 +133,42 @@ def summarize(root: str | Path, *, reps: int = DEFAULT_REPS) -> Table:
 
 
 def _model_order(stored: set[str]) -> list[str]:
-    """The nine table models, then any other stored model (registered ones first)."""
+    """The nine table models, then any other stored model (registered ones first); each
+    model's variant rows (``model@variant``) right after it, in :data:`VARIANTS` order."""
+    from benchmarks.grid import VARIANTS, split_row_key
     from carla_safe_envs.agents import AGENTS, TABLE_MODELS
 
-    extra = [m for m in AGENTS if m in stored and m not in TABLE_MODELS]
-    extra += sorted(stored - set(AGENTS) - set(TABLE_MODELS))
-    return [*TABLE_MODELS, *extra]
+    plain = {split_row_key(key)[0] for key in stored}
+    extra = [m for m in AGENTS if m in plain and m not in TABLE_MODELS]
+    extra += sorted(plain - set(AGENTS) - set(TABLE_MODELS))
+    rank = {name: i for i, name in enumerate(VARIANTS)}
+    out = []
+    for model in [*TABLE_MODELS, *extra]:
+        variants = [
+            split_row_key(k)[1] for k in stored if k != model and split_row_key(k)[0] == model
+        ]
+        variants.sort(key=lambda v: (rank.get(v, len(rank)), v))
+        out += [model, *(f"{model}@{v}" for v in variants)]
+    return out
+
+
+def _keyed(rows: Any) -> Any:
+    """``rows`` with ``model`` replaced by the table's row key (``model@variant`` for a
+    variant's rows, :func:`benchmarks.grid.row_key`)."""
+    from benchmarks.grid import row_key
+
+    keys = [row_key(m, v) for m, v in zip(rows["model"], rows["variant"], strict=True)]
+    return rows.assign(model=keys)
+
+
+def _label(key: str) -> str:
+    """The table label of a row key: the model's (``VL-SAFE``), with ``[variant]``."""
+    from benchmarks.grid import DEFAULT_VARIANT, split_row_key
+    from carla_safe_envs.agents import AGENTS
+
+    model, variant = split_row_key(key)
+    label = AGENTS[model].label if model in AGENTS else model
+    return label if variant == DEFAULT_VARIANT else f"{label} [{variant}]"
 
 
 def _mark_best(cells: Mapping[tuple[str, str], CellSummary], models: tuple[str, ...]) -> None:
@@ -389,10 +422,9 @@ def summarize_generalization(
     """
     from benchmarks.generalize import relative_drops, training_condition
     from benchmarks.store import TRAIN_CONDITION, ResultStore, rows_metrics
-    from carla_safe_envs.agents import AGENTS
 
     store = ResultStore(root)
-    rows = store.rows()
+    rows = _keyed(store.rows())
     shifted = rows[rows["condition"] != TRAIN_CONDITION]
     if shifted.empty:
         return None
@@ -411,7 +443,7 @@ def summarize_generalization(
         for model in _model_order({m for t, m in pairs if t == task}):
             if (task, model) not in pairs:
                 continue
-            label = AGENTS[model].label if model in AGENTS else model
+            label = _label(model)
             present = {c for t, m, c in per_seed if (t, m) == (task, model)}
             summaries = []
             for condition in _condition_order(task, present):

@@ -267,6 +267,22 @@ class OfflineDataset:
         )
         return sorted(names)
 
+    def state_signal(self, name: str) -> np.ndarray:
+        """(N,) float32 ``infos/<name>`` of the state ``observations[i]`` shows, not of the
+        one ``actions[i]`` leads to: ``infos[name][i - 1]`` of the same episode, nan at an
+        episode's first step (the reset state, whose info is not stored).
+
+        ``infos[name][i]`` results from ``actions[i]`` (the schema above), so a labeler that
+        reads it sees one step of the behaviour's future; this one depends on the frame's
+        state only.
+        """
+        values = np.asarray(self.signal(name), dtype=np.float32)
+        ids = self.episode_ids
+        out = np.full(values.shape, np.nan, dtype=np.float32)
+        same = ids[1:] == ids[:-1]
+        out[1:][same] = values[:-1][same]
+        return out
+
     def column_attrs(self, name: str) -> dict[str, Any]:
         """The attributes of a column (for labels: which labeler, model, ...)."""
         if name not in self._file:
@@ -511,6 +527,44 @@ class OfflineDataset:
                 del file[name]
             file.move(tmp_name, name)
             file.flush()
+
+
+def write_relabeled(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    safety: np.ndarray,
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """A dataset file ``out`` that reads as ``source`` with its ``safety`` column replaced by
+    ``safety`` (N,) float32 and ``attrs``, leaving ``source`` untouched.
+
+    The step columns and ``infos`` are copied (a few MB); the frames stay in ``source``
+    behind an HDF5 external link to its absolute path, so ``out`` is small and valid while
+    ``source`` stays where it is.  Used to train one model on other labels of a shared
+    dataset (the grid's label variants) without writing into the file other cells read.
+
+    Raises:
+        ValueError: ``safety`` does not have one value per step of ``source``.
+    """
+    h5py = import_h5py()
+    source, out = Path(source).resolve(), Path(out)
+    values = np.asarray(safety, dtype=np.float32)
+    with _open_checked(source, "r") as src:
+        n_steps = int(src.attrs["n_steps"])
+        if values.shape != (n_steps,):
+            raise ValueError(f"safety must have shape ({n_steps},), got {values.shape}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        with h5py.File(tmp, "w") as dst:
+            for name in src:
+                if name not in ("observations", "safety"):
+                    src.copy(src[name], dst, name=name)
+            dst["observations"] = h5py.ExternalLink(str(source), "/observations")
+            column = dst.create_dataset("safety", data=values)
+            column.attrs.update(dict(attrs or {}))
+            dst.attrs.update(dict(src.attrs))  # ``complete`` last, as collect writes it
+        os.replace(tmp, out)
+    return out
 
 
 def write_column(path, name, values, attrs=None) -> None:

@@ -506,3 +506,207 @@ def test_durations_and_progress_lines(capsys: pytest.CaptureFixture[str]) -> Non
     write_line(counter, "[1/3] a cell")  # on a line of its own, not after the counter
     write_line(None, "[2/3] another")
     assert capsys.readouterr().err == "\rgrid: 1/3\n[1/3] a cell\n[2/3] another\n"
+
+
+# ---------------------------------------------------------------------------- variants
+def test_variants_expand_only_the_models_they_change() -> None:
+    from benchmarks.grid import ABLATION_VARIANTS, DEFAULT_VARIANT, VARIANTS, Variant
+
+    ablation = get_preset("cpu-paper-ablation")
+    assert ablation.variants == ABLATION_VARIANTS and set(ABLATION_VARIANTS) <= set(VARIANTS)
+    cells = make_cells(ablation, models=["vlsafe", "bc"])
+    by_variant = {v: [c for c in cells if c.variant == v] for v in {c.variant for c in cells}}
+    assert set(by_variant) == {DEFAULT_VARIANT, *ABLATION_VARIANTS}
+    assert len(by_variant[DEFAULT_VARIANT]) == 2 * 4 * 3  # both models, 4 tasks, 3 seeds
+    for name in ABLATION_VARIANTS:  # VL-SAFE only: BC reads no p(s) and has no weighting
+        assert {c.model for c in by_variant[name]} == {"vlsafe"} and len(by_variant[name]) == 12
+    assert len(make_cells(ablation, models=["vlsafe"])) == 84  # the issue's ~70 cells + main
+    # the ablation is the cpu grid's protocol but for its name and the shifts it leaves out
+    cpu, ours = get_preset("cpu").protocol(), ablation.protocol()
+    assert {k for k in cpu if cpu[k] != ours[k]} == {"name", "shifts"}
+    assert "variants" not in ours  # recorded per variant in the store instead
+    # a default cell keeps its path and name; a variant's sits beside it
+    plain, variant = Cell("vlsafe", TASKS[0], 2), Cell("vlsafe", TASKS[0], 2, "frame")
+    assert plain == Cell("vlsafe", TASKS[0], 2, DEFAULT_VARIANT) and plain.model_key == "vlsafe"
+    assert plain.key == f"{TASKS[0]}/vlsafe/seed-2" and str(plain) == f"vlsafe {TASKS[0]} seed 2"
+    assert variant.key == f"{TASKS[0]}/vlsafe@frame/seed-2"
+    assert str(variant) == f"vlsafe [frame] {TASKS[0]} seed 2"
+    assert make_cells(SMOKE, models=["bc"]) == make_cells(
+        SMOKE, models=["bc"], variants=["default"]
+    )
+    with pytest.raises(GridError, match="variant 'frame' changes none of the models"):
+        make_cells(SMOKE, models=["bc"], variants=["default", "frame"])
+    with pytest.raises(GridError, match="unknown variant 'nope'; choose 'default' or one of: "):
+        make_cells(SMOKE, models=["vlsafe"], variants=["nope"])
+    with pytest.raises(GridError, match="changes nothing"):
+        Variant("idle")
+    with pytest.raises(GridError, match="lower-case"):
+        Variant("Frame Labels", labels="frame")
+    with pytest.raises(GridError, match="unknown label source 'clip'"):
+        Variant("clip", labels="clip")
+    with pytest.raises(GridError, match="leave out 'default'"):
+        dataclasses.replace(SMOKE, variants=("default",))
+    with pytest.raises(GridError, match="unknown variant"):
+        dataclasses.replace(SMOKE, variants=("nope",))
+
+
+def test_a_config_variant_goes_on_top_of_the_grid_budget() -> None:
+    from benchmarks.grid import cell_config, cell_label_source
+
+    preset = dataclasses.replace(SMOKE, agent_config={"vlsafe": {"updates": 7}})
+    plain, beta0 = Cell("vlsafe", TASKS[0], 0), Cell("vlsafe", TASKS[0], 0, "beta-0")
+    assert cell_config(plain, preset) == {"updates": 7}
+    config = cell_config(beta0, preset)
+    assert config == {"updates": 7, "weighted_actor.beta_r": 0.0, "weighted_actor.beta_c": 0.0}
+    agent = make_agent("vlsafe", TASKS[0], preset="debug", config=config)
+    assert agent.config.updates == 7
+    assert (agent.config.weighted_actor.beta_r, agent.config.weighted_actor.beta_c) == (0.0, 0.0)
+    assert cell_label_source(beta0) is None and cell_label_source(plain) is None
+    assert cell_label_source(Cell("vlsafe", TASKS[0], 0, "noisy-0.3")) == "noisy:0.3"
+
+
+@pytest.fixture(scope="module")
+def variant_run(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``majority`` (it counts the states labeled safe) on one task under four label
+    variants, on a copy of the smoke grid's dataset."""
+    out = tmp_path_factory.mktemp("variants")
+    name = f"{TASKS[0]}_discrete_{SMOKE.dataset_steps}steps_seed0.h5"
+    (out / "data").mkdir()
+    shutil.copy(smoke_run / "datasets" / name, out / "data" / name)
+    with pytest.MonkeyPatch.context() as patch:  # module scope: before the autouse fixture
+        patch.setitem(AGENTS, "majority", MAJORITY)
+        cells = make_cells(
+            SMOKE,
+            models=["majority"],
+            tasks=TASKS[:1],
+            seeds=[0, 1],
+            variants=["default", "constant-1", "constant-0", "shuffled"],
+        )
+        summary = run_grid(
+            SMOKE,
+            out / "store",
+            cells=cells,
+            executor=LocalExecutor(),
+            data_dir=out / "data",
+            labeler="oracle",
+            progress=False,
+        )
+    assert summary.failed == {} and len(summary.finished) == 8
+    return out
+
+
+def test_a_label_variant_trains_on_its_labels(variant_run: Path) -> None:
+    from carla_safe_envs.datasets import OfflineDataset
+    from vlsafe.label_sources import label_digest, parse_label_source
+
+    name = f"{TASKS[0]}_discrete_{SMOKE.dataset_steps}steps_seed0.h5"
+    path = variant_run / "data" / name
+    with OfflineDataset(path) as data:
+        oracle = data.safety
+        shuffled = {s: parse_label_source("shuffled").labels(data, s) for s in (0, 1)}
+    store = ResultStore(variant_run / "store")
+    rows = store.rows()
+    steps = {
+        (r.variant, r.seed): json.loads(r.train)["steps"] for r in rows.itertuples(index=False)
+    }
+    safe = int((oracle >= 0.5).sum())
+    assert 0 < safe < SMOKE.dataset_steps
+    for seed in (0, 1):  # the count of states labeled safe that majority trained on
+        assert steps[("default", seed)] == safe
+        assert steps[("constant-1", seed)] == SMOKE.dataset_steps
+        assert steps[("constant-0", seed)] == 0
+        assert steps[("shuffled", seed)] == safe  # a permutation keeps the count
+    labelers = {(r.variant, r.seed): r.labeler for r in rows.itertuples(index=False)}
+    assert labelers[("default", 0)] == "oracle" and labelers[("constant-1", 0)] == "constant:1"
+    assert labelers[("shuffled", 1)] == "shuffled seed=1"
+    train = json.loads(rows[rows["variant"] == "shuffled"]["train"].iloc[0])
+    assert train["dataset"] == str(path) and train["labels"]["source"] == "shuffled"
+    # the manifest: each variant's definition and each label cell's labels, by fingerprint
+    manifest = store.manifest
+    assert manifest["variants"]["constant-0"] == {"config": {}, "labels": "constant:0"}
+    assert "default" not in manifest["variants"]
+    records = manifest["variant_labels"]
+    assert records[f"{TASKS[0]}/majority@shuffled/seed-1"]["sha256"] == label_digest(shuffled[1])
+    assert records[f"{TASKS[0]}/majority@shuffled/seed-0"]["seed"] == 0
+    assert records[f"{TASKS[0]}/majority@constant-1/seed-0"]["mean"] == 1.0
+    assert len(records) == 6 and all(r["dataset"] == name for r in records.values())
+    # the shared dataset keeps its own labels; default cells keep their paths
+    with OfflineDataset(path) as data:
+        np.testing.assert_array_equal(data.safety, oracle)
+    assert (variant_run / "store" / "cells" / TASKS[0] / "majority" / "seed-0.parquet").is_file()
+    plain = [entry for entry in manifest["requested"] if len(entry) == 3]  # as before variants
+    assert plain == [["majority", TASKS[0], 0], ["majority", TASKS[0], 1]]
+    assert ["majority", TASKS[0], 1, "shuffled"] in manifest["requested"]
+    assert set(store.finished_cells()) == set(store.requested())
+    assert len(store.requested()) == 8
+
+
+def test_variant_rows_are_rows_of_their_own_in_the_table(variant_run: Path) -> None:
+    from benchmarks.table import format_markdown, summarize
+
+    table = summarize(variant_run / "store", reps=200)
+    variants = ["majority@constant-1", "majority@constant-0", "majority@shuffled"]
+    assert table.models[-4:] == ["majority", *variants]  # after their model, registry order
+    for key in ["majority", *variants]:
+        cell = table.cells[(TASKS[0], key)]
+        assert cell.status == "ok" and cell.seeds == [0, 1] and cell.published is None
+    assert table.cells[(TASKS[0], "majority@constant-0")].label == "Maj. [constant-0]"
+    assert "| Maj. [shuffled] |" in format_markdown(table)
+
+
+def test_a_variant_run_resumes_and_regenerates_bit_for_bit(
+    variant_run: Path, tmp_path: Path
+) -> None:
+    cells = make_cells(
+        SMOKE, models=["majority"], tasks=TASKS[:1], seeds=[0, 1], variants=["shuffled"]
+    )
+    again = run_grid(
+        SMOKE,
+        variant_run / "store",
+        cells=cells,
+        executor=LocalExecutor(),
+        data_dir=variant_run / "data",
+        labeler="oracle",
+        progress=False,
+    )
+    assert again.finished == [] and again.already_done == 2
+    fresh = run_grid(
+        SMOKE,
+        tmp_path,
+        cells=cells,
+        executor=LocalExecutor(),
+        data_dir=variant_run / "data",
+        labeler="oracle",
+        progress=False,
+    )
+    assert fresh.failed == {}
+    old = ResultStore(variant_run / "store")
+    new = ResultStore(tmp_path)
+    stored = old.rows()
+    stored = stored[stored["variant"] == "shuffled"]
+    columns = [*IDENTITY, "variant", "labeler"]
+    pd.testing.assert_frame_equal(
+        new.rows()[columns].sort_values(columns[:4]).reset_index(drop=True),
+        stored[columns].sort_values(columns[:4]).reset_index(drop=True),
+    )
+    assert new.manifest["variant_labels"] == {
+        k: v for k, v in old.manifest["variant_labels"].items() if "@shuffled" in k
+    }
+
+
+def test_a_variant_cannot_be_redefined_in_a_store(variant_run: Path) -> None:
+    store = ResultStore(variant_run / "store")
+    with pytest.raises(StoreError, match=r"variant\(s\) \['shuffled'\] defined otherwise"):
+        store.record_variants({"shuffled": {"config": {}, "labels": "noisy:0.5"}})
+    store.record_variants({"shuffled": {"config": {}, "labels": "shuffled"}})  # as stored
+
+
+def test_run_variants_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["run", "--preset", "smoke", "--out", str(tmp_path), "--models", "bc"]
+    assert main([*argv, "--variants", "frame"]) == 2
+    assert "variant 'frame' changes none of the models ['bc']" in capsys.readouterr().err
+    assert main([*argv, "--variants", "bogus"]) == 2
+    assert "unknown variant 'bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "manifest.json").exists()  # refused before anything was written

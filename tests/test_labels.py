@@ -23,7 +23,7 @@ from vlsafe.labels import (
 open_clip = pytest.importorskip("open_clip")
 
 TINY_CLIP = {"model": "ViT-S-32", "pretrained": None, "batch_size": 4}  # untrained, offline
-TEST_OPTIONS: dict[str, dict[str, Any]] = {"clip": TINY_CLIP, "oracle": {}}
+TEST_OPTIONS: dict[str, dict[str, Any]] = {"clip": TINY_CLIP, "oracle": {}, "frame": {}}
 TASK = "CarlaLeftTurn-v0"
 
 
@@ -40,6 +40,7 @@ def random_inputs(n: int, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarr
         "ttc": np.where(rng.random(n) < 0.5, np.inf, rng.random(n) * 6).astype(np.float32),
         "lateral_error": rng.normal(0, 0.7, n).astype(np.float32),
     }
+    signals["state/ttc"], signals["state/lateral_error"] = signals["ttc"], signals["lateral_error"]
     return frames, signals
 
 
@@ -126,8 +127,24 @@ def test_oracle_needs_its_signals() -> None:
         OracleLabeler(horizon=0)
 
 
+def test_frame_formula_is_the_oracle_without_its_look_ahead() -> None:
+    frame = make_labeler("frame")
+    signals = {  # open road, ttc at half, lateral error at 3/4, nan (an episode's first step)
+        "state/ttc": np.array([np.inf, 1.5, np.inf, np.nan], dtype=np.float32),
+        "state/lateral_error": np.array([0.2, 0.0, -0.75, np.nan], dtype=np.float32),
+    }
+    p = frame(np.zeros((4, 0, 0, 3), np.uint8), signals)
+    np.testing.assert_allclose(p, [1.0, 0.5, 0.5, 1.0])
+    oracle = {"future_cost": np.ones(4), "ttc": signals["state/ttc"]}
+    oracle["lateral_error"] = signals["state/lateral_error"]
+    assert np.all(OracleLabeler()(np.zeros((4, 0, 0, 3), np.uint8), oracle) == 0.0)
+    assert frame.describe() == {"labeler": "frame", "ttc_safe": 3.0, "lateral_safe": 1.0}
+    with pytest.raises(KeyError, match="frame labeler needs.*state/ttc"):
+        frame(np.zeros((2, 0, 0, 3), np.uint8), {"ttc": np.zeros(2)})
+
+
 def test_unknown_labeler_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match=r"'nope'.*\['clip', 'oracle'\]"):
+    with pytest.raises(ValueError, match=r"'nope'.*\['clip', 'frame', 'oracle'\]"):
         make_labeler("nope")
 
 

@@ -11,6 +11,11 @@ in the ``safety_labeler`` attribute) and, so that labelers can be compared side 
 ``safety_<labeler>`` for every name in :data:`vlsafe.labels.LABELERS` (written with
 ``label --column safety_<labeler>``).
 
+Label sources (:mod:`vlsafe.label_sources`: ``oracle``, ``frame``, ``constant:C``,
+``shuffled``, ``noisy:Q``) are scored the same way with ``report(..., sources=[...])``, made
+in memory from the dataset's signals, so every p(s) a grid variant trains on has its AUROC.
+A constant scores 0.5 (every state tied).
+
 The metrics are written in numpy and follow scikit-learn's definitions: AUROC is the area under
 the ROC curve with tied scores counted as half (trapezoid rule), average precision is
 ``sum_n (R_n - R_{n-1}) P_n`` over the distinct score thresholds (no interpolation).
@@ -187,14 +192,29 @@ def score_labels(
     return result
 
 
-def report(dataset: Any, k: Iterable[int] = (10, 30), *, bins: int = 10) -> dict[str, Any]:
-    """Label quality of every labeled column of ``dataset`` (an ``OfflineDataset``).
+def report(
+    dataset: Any,
+    k: Iterable[int] = (10, 30),
+    *,
+    bins: int = 10,
+    sources: Iterable[str] = (),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Label quality of every labeled column of ``dataset`` (an ``OfflineDataset``), and of
+    the label ``sources`` (:mod:`vlsafe.label_sources` specs, made in memory with ``seed``).
 
     Returns a JSON-friendly dict: ``task``, ``n_steps``, ``k``, ``event_rate`` per k (the
-    fraction of steps with a cost event within k steps) and ``labelers``:
+    fraction of steps with a cost event within k steps), ``labelers``:
     ``{column: {labeler, auroc: {k}, ap: {k}, calibration: {k}, roc: {k}}}`` (keys of the
-    per-k dicts are ``str(k)``; undefined metrics are None).
+    per-k dicts are ``str(k)``; undefined metrics are None) and, with ``sources``,
+    ``sources``: ``{spec: {labeler: spec, source: (its record, mean and sha256), auroc, ...}}``.
+
+    Raises:
+        vlsafe.label_sources.LabelSourceError: a source spec that does not parse.
     """
+    from vlsafe.label_sources import parse_label_source
+
+    parsed = [parse_label_source(spec) for spec in sources]
     ks = [int(value) for value in k]
     if not ks or min(ks) < 1:
         raise ValueError(f"k must be a non-empty list of look-aheads >= 1, got {ks}")
@@ -212,7 +232,22 @@ def report(dataset: Any, k: Iterable[int] = (10, 30), *, bins: int = 10) -> dict
         if p_safe.shape != costs.shape:
             raise ValueError(f"column {column!r} has shape {p_safe.shape}, expected {costs.shape}")
         result["labelers"][column] = {"labeler": labeler, **score_labels(p_safe, events, bins=bins)}
+    if parsed:
+        result["sources"] = {}
+    for source in parsed:
+        values = source.labels(dataset, seed)
+        result["sources"][source.spec] = {
+            "labeler": source.spec,
+            "source": source.describe(seed, values),
+            **score_labels(values, events, bins=bins),
+        }
     return result
+
+
+def _entries(result: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The labeled columns of a report, then its sources as ``source SPEC``."""
+    sources = result.get("sources", {})
+    return {**result["labelers"], **{f"source {spec}": e for spec, e in sources.items()}}
 
 
 def format_report(result: Mapping[str, Any]) -> str:
@@ -225,20 +260,26 @@ def format_report(result: Mapping[str, Any]) -> str:
         f"{result['task']}: {result['n_steps']} steps; cost event within k steps: "
         + ", ".join(f"k={k} {rate:.1%}" for k, rate in result["event_rate"].items())
     ]
+    entries = _entries(result)
     if not result["labelers"]:
         lines.append("no safety labels in this dataset: run `python -m benchmarks label` first")
-    header = f"{'column':<16} {'labeler':<8} " + " ".join(
+    header = f"{'column':<20} {'labeler':<10} " + " ".join(
         f"{'AUROC@' + str(k):>9} {'AP@' + str(k):>7} {'ECE@' + str(k):>7}" for k in result["k"]
     )
-    if result["labelers"]:
+    if entries:
         lines.append(header)
-    for column, entry in result["labelers"].items():
+    for column, entry in entries.items():
         cells = " ".join(
             f"{fmt(entry['auroc'][str(k)]):>9} {fmt(entry['ap'][str(k)]):>7} "
             f"{fmt(entry['calibration'][str(k)]['ece']):>7}"
             for k in result["k"]
         )
-        lines.append(f"{column:<16} {entry['labeler']:<8} {cells}")
+        lines.append(f"{column:<20} {entry['labeler']:<10} {cells}")
+    if result.get("sources"):
+        lines.append(
+            "source rows: p(s) made in memory (python -m benchmarks label-report --sources), "
+            "not columns of the file"
+        )
     return "\n".join(lines)
 
 
@@ -255,7 +296,8 @@ def plot(result: Mapping[str, Any], path: str | Path) -> Path:
 
     path = Path(path)
     fig, (ax_roc, ax_cal) = plt.subplots(1, 2, figsize=(11, 4.8))
-    for column, entry in result["labelers"].items():
+    entries = _entries(result)
+    for column, entry in entries.items():
         for k in result["k"]:
             key = str(k)
             label = f"{column} ({entry['labeler']}), k={k}"

@@ -2,7 +2,7 @@
 
 Every labeler follows :class:`SafetyLabeler`: ``labeler(frames, signals) -> p`` with ``frames``
 (N, H, W, 3) uint8 RGB BEV images and ``signals`` per-step arrays aligned with them; ``p`` is
-(N,) float32 in [0, 1].  Two implementations, listed in :data:`LABELERS`:
+(N,) float32 in [0, 1].  Three implementations, listed in :data:`LABELERS`:
 
 - ``clip`` (:class:`ClipLabeler`): open_clip scores each frame against the two VL-SAFE prompts
   (``../shared/DESIGN.md`` section 5); p(s) = softmax(logit_scale x cosine similarities)[safe].
@@ -10,6 +10,9 @@ Every labeler follows :class:`SafetyLabeler`: ``labeler(frames, signals) -> p`` 
 - ``oracle`` (:class:`OracleLabeler`): privileged ground truth from the simulator state
   (near-future cost, time-to-collision, lateral error); the reference the CLIP labels are
   judged against, and a labeler usable where no CLIP weights are available.  It ignores frames.
+- ``frame`` (:class:`FrameLabeler`): the oracle's terms of the frame's own state only
+  (time-to-collision, lateral error; no future cost, nothing that depends on the action taken
+  there): the best a one-frame scorer could do with privileged signals.  It ignores frames.
 
 ``python -m vlsafe.labels --bench`` measures CLIP throughput on the CPU (see
 :func:`benchmark_clip`).
@@ -302,11 +305,18 @@ class OracleLabeler:
 
     def __call__(self, frames: np.ndarray, signals: Mapping[str, np.ndarray]) -> np.ndarray:
         """Frames are only used for their count; -> (N,) float32 p(safe)."""
+        arrays = self._signal_arrays(frames, signals)
+        return self._p_safe(arrays["future_cost"], arrays["ttc"], arrays["lateral_error"])
+
+    def _signal_arrays(
+        self, frames: np.ndarray, signals: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """``signals[name]`` (N,) float64 for each required signal, checked against frames."""
         missing = [name for name in self.required_signals if name not in signals]
         if missing:
             raise KeyError(
-                f"the oracle labeler needs the signals {list(self.required_signals)}; missing "
-                f"{missing} (got {sorted(signals)})"
+                f"the {self.name} labeler needs the signals {list(self.required_signals)}; "
+                f"missing {missing} (got {sorted(signals)})"
             )
         n = len(frames)
         arrays = {
@@ -315,11 +325,17 @@ class OracleLabeler:
         for name, values in arrays.items():
             if values.shape != (n,):
                 raise ValueError(f"signal {name!r} has shape {values.shape}, expected ({n},)")
-        r_cost = np.clip(np.nan_to_num(arrays["future_cost"], nan=0.0), 0.0, 1.0)
-        ttc = np.nan_to_num(arrays["ttc"], nan=np.inf)
+        return arrays
+
+    def _p_safe(
+        self, future_cost: np.ndarray, ttc: np.ndarray, lateral_error: np.ndarray
+    ) -> np.ndarray:
+        """1 - max(r_cost, r_ttc, r_lat) (N,) float32 of the class docstring."""
+        r_cost = np.clip(np.nan_to_num(future_cost, nan=0.0), 0.0, 1.0)
+        ttc = np.nan_to_num(ttc, nan=np.inf)
         r_ttc = np.clip(1.0 - ttc / self.ttc_safe, 0.0, 1.0)
         half = self.lateral_safe / 2
-        lateral = np.nan_to_num(np.abs(arrays["lateral_error"]), nan=0.0)
+        lateral = np.nan_to_num(np.abs(lateral_error), nan=0.0)
         r_lat = np.clip((lateral - half) / half, 0.0, 1.0)
         risk = np.maximum(np.maximum(r_cost, r_ttc), r_lat)
         return (1.0 - risk).astype(np.float32)
@@ -334,7 +350,61 @@ class OracleLabeler:
         }
 
 
-LABELERS: dict[str, type] = {"clip": ClipLabeler, "oracle": OracleLabeler}
+# --- frame-only --------------------------------------------------------------------------
+
+
+class FrameLabeler(OracleLabeler):
+    """Privileged p(s) of the current state only: the oracle without its look-ahead.
+
+    p(s) = 1 - max(r_ttc, r_lat), the oracle's two state terms (same formulas and
+    thresholds), on the signals of the state the frame shows (``state/ttc``,
+    ``state/lateral_error``: :meth:`~carla_safe_envs.datasets.OfflineDataset.state_signal`,
+    the info of the step before; nan at an episode's first step, read as no risk).  It
+    drops the oracle's ``r_cost`` (a cost within the next ``horizon`` steps) and its use of
+    ``infos[i]``, which result from the action taken at the frame: what a one-frame scorer
+    such as CLIP could know at best.  The time to collision (constant velocities) is its only
+    measure of proximity to other vehicles: the datasets store no gap distance.
+
+    Args:
+        ttc_safe: time-to-collision at and above which a state carries no TTC risk [s].
+        lateral_safe: lateral distance from the lane centre that counts as fully unsafe [m].
+    """
+
+    name: ClassVar[str] = "frame"
+    required_signals: ClassVar[tuple[str, ...]] = ("state/ttc", "state/lateral_error")
+
+    def __init__(self, ttc_safe: float = 3.0, lateral_safe: float = 1.0) -> None:
+        super().__init__(horizon=1, ttc_safe=ttc_safe, lateral_safe=lateral_safe)
+
+    def __call__(self, frames: np.ndarray, signals: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Frames are only used for their count; -> (N,) float32 p(safe)."""
+        arrays = self._signal_arrays(frames, signals)
+        ttc, lateral = arrays["state/ttc"], arrays["state/lateral_error"]
+        return self._p_safe(np.zeros_like(ttc), ttc, lateral)
+
+    def describe(self) -> dict[str, Any]:
+        """What made the labels (stored beside them)."""
+        return {"labeler": self.name, "ttc_safe": self.ttc_safe, "lateral_safe": self.lateral_safe}
+
+
+LABELERS: dict[str, type] = {"clip": ClipLabeler, "oracle": OracleLabeler, "frame": FrameLabeler}
+
+
+def dataset_signals(dataset: Any, labeler: Any) -> dict[str, np.ndarray]:
+    """The full (N,) arrays of ``labeler.required_signals`` read from ``dataset`` (an
+    :class:`~carla_safe_envs.datasets.OfflineDataset`): ``future_cost`` is the max cost over
+    the next ``labeler.horizon`` steps, ``state/<name>`` the info of the frame's own state
+    (:meth:`~carla_safe_envs.datasets.OfflineDataset.state_signal`), any other name an
+    ``infos`` column."""
+    signals = {}
+    for name in labeler.required_signals:
+        if name == "future_cost":
+            signals[name] = np.asarray(dataset.future_cost(labeler.horizon))
+        elif name.startswith("state/"):
+            signals[name] = np.asarray(dataset.state_signal(name.removeprefix("state/")))
+        else:
+            signals[name] = np.asarray(dataset.signal(name))
+    return signals
 
 
 def make_labeler(name: str, **options: Any) -> SafetyLabeler:
