@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from benchmarks import collect, generalize, speed, wm_check, wm_speed
+from benchmarks import collect, export, generalize, speed, wm_check, wm_speed
 from benchmarks.label import LABEL_COMMAND, LABEL_REPORT_COMMAND
 from benchmarks.learn_check import LEARN_CHECK_COMMAND
 from benchmarks.run import RUN_COMMAND
@@ -33,6 +33,7 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "speed": Command(speed.HELP, speed.add_arguments, speed.run),
     "collect": Command(collect.HELP, collect.add_arguments, collect.run),
+    "export": Command(export.HELP, export.add_arguments, export.run),
     "label": Command(*LABEL_COMMAND),
     "label-report": Command(*LABEL_REPORT_COMMAND),
     "train": Command(*TRAIN_COMMAND),

@@ -289,7 +289,6 @@ class CarlaSafeEnv(gym.Env):
         off_route = sig.lateral_error > OFF_ROUTE
         terminated = sig.collision or off_route or sig.arrived
         info = self._info(sig, reward=rterms, cost=cterms)
-        info["off_route"] = off_route
         return self._observe(), reward, terminated, False, info
 
     def _interrupted(self, exc: BackendInterrupted):
@@ -332,6 +331,7 @@ class CarlaSafeEnv(gym.Env):
             "collision": sig.collision,
             "out_of_lane": sig.lateral_error > LANE_TOLERANCE,
             "off_road": sig.off_road,
+            "off_route": sig.lateral_error > OFF_ROUTE,  # at reset too: one set of info keys
             "arrived": sig.arrived,
             "waypoints_reached": self._waypoints,
             "distance": self._distance,
