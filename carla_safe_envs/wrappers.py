@@ -60,7 +60,11 @@ class SafetyGymnasiumWrapper(gym.Wrapper):
         return obs, float(reward), float(cost), bool(terminated), bool(truncated), info
 
 
-class SafetyGymnasiumVectorWrapper(gym.vector.VectorWrapper):
+# Gymnasium 1.x: VectorWrapper; 0.28 / 0.29: VectorEnvWrapper (the core package supports both)
+_VectorWrapper = getattr(gym.vector, "VectorWrapper", None) or gym.vector.VectorEnvWrapper
+
+
+class SafetyGymnasiumVectorWrapper(_VectorWrapper):
     """The 6-tuple of :class:`SafetyGymnasiumWrapper` for a vector env:
     ``(obs, rewards, costs, terminations, truncations, infos)``, ``costs`` ``(n_envs,)``
     float64 from the vector infos' ``cost`` array.

@@ -91,6 +91,9 @@ def test_downsample_observation_wraps_a_task_env() -> None:
         DownsampleObservation(CountingEnv(), 1)
 
 
+@pytest.mark.skipif(
+    not hasattr(gym.vector, "VectorWrapper"), reason="Gymnasium 0.28's vector envs are Envs"
+)
 def test_vector_six_tuple_and_the_error_for_a_vector_env() -> None:
     from carla_safe_envs.wrappers import SafetyGymnasiumVectorWrapper
 
