@@ -101,6 +101,11 @@ class OSRLConfig:
     target_return: float = 400.0
     device: str = "cpu"
 
+    def __post_init__(self) -> None:  # agent.json stores pairs as lists: back to tuples
+        pairs = tuple((str(task), float(limit)) for task, limit in self.cost_limits)
+        object.__setattr__(self, "cost_limits", pairs)
+        object.__setattr__(self, "hidden_sizes", tuple(int(n) for n in self.hidden_sizes))
+
     def cost_limit(self, task_id: str) -> float:
         limits = dict(self.cost_limits)
         if task_id not in limits:
