@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	# torch first, from the versions this machine serves locally (a CPU-capable build).
 	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PIP) install --quiet -e ".[all,dev]"
+	# OSRL's baselines: osrl-lib and fast-safe-rl without their old pins (the `osrl` extra
+	# above installs what they import; dsrl, tianshou, bullet-safety-gym are left out)
+	$(PIP) install --quiet --no-deps osrl-lib==0.1.0 fast-safe-rl==0.1.0
 	touch $(STAMP)
 
 # The smoke grid (9 models x 4 tasks, tiny budgets, two cells at a time), then its table

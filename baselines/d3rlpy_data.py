@@ -183,3 +183,52 @@ def dataset_statistics(data: Any) -> dict[str, float]:
         "dataset_mean_episode_return": round(float(returns.mean()), 4),
         "dataset_mean_episode_cost": round(float(costs.mean()), 4),
     }
+
+
+def write_replay_buffer(data: Any, out: Any, view: Any = None) -> Any:
+    """Write ``data`` (an open :class:`~carla_safe_envs.datasets.OfflineDataset`) as a d3rlpy
+    replay-buffer file at ``out`` that ``d3rlpy.dataset.ReplayBuffer.load(f, InfiniteBuffer())``
+    reads as it is; the path.
+
+    ``view`` (:class:`carla_safe_envs.export.ExportView`) picks the frame size, flattening and
+    action mode; unflattened frames are channel-first ``(3, S, S)`` uint8 as d3rlpy's image
+    encoders expect (:func:`mdp_dataset`), flattened ones ``(S * S * 3,)`` in HWC order.
+    d3rlpy's episodes have no cost field, so the costs and every extra step column
+    (:func:`carla_safe_envs.export.extra_columns`) are written beside d3rlpy's keys in the
+    same file under ``carla_safe/<name>`` (row order = the source file's; d3rlpy's loader
+    ignores them)."""
+    import h5py
+    from d3rlpy.dataset import InfiniteBuffer, ReplayBuffer
+
+    from carla_safe_envs.export import ExportView, export_env_spec, exported_actions, extra_columns
+
+    d3rlpy = import_d3rlpy()
+    view = view or ExportView()
+    spec = export_env_spec(data, view)
+    observations = np.empty((data.n_steps, *view.observation_shape()), dtype=np.uint8)
+    for start, chunk in data.iter_frames(1024):
+        observations[start : start + len(chunk)] = view.frames(chunk)
+    if not view.flatten:
+        observations = observations.transpose(0, 3, 1, 2)  # (N, 3, S, S)
+    discrete = spec.kwargs["action_mode"] == "discrete"
+    actions = exported_actions(data, view)
+    timeouts = data.timeouts & ~data.terminals  # d3rlpy refuses both flags on one step
+    dataset = d3rlpy.dataset.MDPDataset(
+        observations=observations,
+        actions=actions.reshape(-1, 1) if discrete else actions,
+        rewards=data.rewards.reshape(-1, 1),
+        terminals=data.terminals.astype(np.float32),
+        timeouts=timeouts.astype(np.float32),
+        action_space=d3rlpy.ActionSpace.DISCRETE if discrete else d3rlpy.ActionSpace.CONTINUOUS,
+        action_size=data.n_actions if discrete else 2,
+    )
+    buffer = ReplayBuffer(InfiniteBuffer(), episodes=list(dataset.episodes))
+    with open(out, "w+b") as f:  # h5py reads back what it writes
+        buffer.dump(f)
+    with h5py.File(out, "a") as file:
+        file.create_dataset("carla_safe/costs", data=data.costs)
+        for name, values in extra_columns(data).items():
+            file.create_dataset(f"carla_safe/{name}", data=values)
+        file.attrs["carla_safe_env_spec"] = spec.to_json()
+        file.attrs["carla_safe_source"] = str(data.path)
+    return out

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from benchmarks import collect, generalize, speed, wm_check, wm_speed
+from benchmarks import collect, export, generalize, speed, wm_check, wm_speed
 from benchmarks.calibrate import CALIBRATE_COMMAND
 from benchmarks.label import LABEL_COMMAND, LABEL_REPORT_COMMAND
 from benchmarks.learn_check import LEARN_CHECK_COMMAND
@@ -35,6 +35,7 @@ COMMANDS: dict[str, Command] = {
     "speed": Command(speed.HELP, speed.add_arguments, speed.run),
     "collect": Command(collect.HELP, collect.add_arguments, collect.run),
     "dataset-card": Command(collect.CARD_HELP, collect.add_card_arguments, collect.run_card),
+    "export": Command(export.HELP, export.add_arguments, export.run),
     "label": Command(*LABEL_COMMAND),
     "label-report": Command(*LABEL_REPORT_COMMAND),
     "train": Command(*TRAIN_COMMAND),

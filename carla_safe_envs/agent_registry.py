@@ -184,6 +184,29 @@ _ENTRIES = (
         summary="VL-SAFE: safety-aware world model, p(s)-weighted actor",
     ),
 )
+
+#: OSRL's safe offline baselines (:mod:`baselines.osrl`): not in the paper's table, shown as
+#: extra rows beside its nine models
+OSRL_MODELS: tuple[str, ...] = ("bcsafe", "bcqlag", "cpq", "coptidice", "cdt")
+_OSRL_LABELS = ("BC-Safe", "BCQ-Lag", "CPQ", "COptiDICE", "CDT")
+_ENTRIES += tuple(
+    AgentSpec(
+        name,
+        f"baselines.osrl:{cls}",
+        "offline",
+        "continuous",
+        accepts_discrete_dataset=True,
+        label=f"{label} (OSRL, not in paper)",
+        summary=f"OSRL's {label} on the downsampled flattened BEV, per-task cost limit "
+        "(not in the paper's table)",
+    )
+    for name, label, cls in zip(
+        OSRL_MODELS,
+        _OSRL_LABELS,
+        ("BCSafeAgent", "BCQLagAgent", "CPQAgent", "COptiDICEAgent", "CDTAgent"),
+        strict=True,
+    )
+)
 for _spec in _ENTRIES:
     register(_spec)
 

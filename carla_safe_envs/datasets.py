@@ -253,6 +253,15 @@ class OfflineDataset:
             return self.column("profile_ids")
         return np.zeros(self.n_steps, dtype=np.int16)
 
+    def column_names(self) -> list[str]:
+        """The names of every top-level per-step column (``actions``, ..., ``safety``), sorted;
+        the frames (``observations``) and the ``infos`` group are not columns."""
+        return sorted(
+            name
+            for name, obj in self._file.items()
+            if name != "observations" and not name.startswith("_") and hasattr(obj, "shape")
+        )
+
     def signal(self, name: str) -> np.ndarray:
         """An ``infos`` column, e.g. ``"ttc"`` or ``"cost_terms/collision"`` (N,) float32."""
         key = f"infos/{name}"
@@ -427,72 +436,15 @@ class OfflineDataset:
         )
 
     # --- conversion
-    def to_minari(self, dataset_id: str, path: str | os.PathLike | None = None):
-        """Export as a Minari dataset; ``infos["cost"]`` (and the other signals) per step.
+    def to_minari(
+        self, dataset_id: str, path: str | os.PathLike | None = None, view: Any = None
+    ):
+        """Export as a Minari dataset that ``recover_environment()`` rebuilds the env of
+        (action mode and env options included), reset infos in row 0:
+        :func:`carla_safe_envs.export.to_minari` (``view``: its ``ExportView``)."""
+        from carla_safe_envs.export import ExportView, to_minari
 
-        Minari stores ``T + 1`` observations per episode; the file holds none after an
-        episode's last step, so its last frame is repeated there.  ``path`` is the Minari
-        root directory (default: ``MINARI_DATASETS_PATH`` or ``~/.minari/datasets``).
-        """
-        try:
-            import minari
-            from minari.data_collector import EpisodeBuffer
-        except ImportError as error:
-            raise ImportError(
-                "to_minari needs minari: `pip install minari` (or '.[data]')"
-            ) from error
-        import gymnasium as gym
-
-        import carla_safe_envs  # noqa: F401
-
-        env_spec = gym.spec(self.task)
-        observation_space = gym.spaces.Box(0, 255, (128, 128, 3), np.uint8)
-        if self.action_mode == "discrete":
-            action_space: gym.Space = gym.spaces.Discrete(self.n_actions)
-        else:
-            action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
-        signals = {name: self.signal(name) for name in self.signal_names()}
-        buffers = []
-        for index, (a, b) in enumerate(self.episode_bounds()):
-            frames = self._file["observations"][a:b]
-            infos = {"cost": self.costs[a:b]}
-            infos |= {name.replace("/", "."): values[a:b] for name, values in signals.items()}
-            infos = {k: np.r_[v[:1], v] for k, v in infos.items()}  # Minari: T + 1 infos
-            buffers.append(
-                EpisodeBuffer(
-                    id=index,
-                    observations=np.concatenate([frames, frames[-1:]]),
-                    actions=self.actions[a:b],
-                    rewards=self.rewards[a:b],
-                    terminations=self.terminals[a:b],
-                    truncations=self.timeouts[a:b],
-                    infos=infos,
-                )
-            )
-        previous = os.environ.get("MINARI_DATASETS_PATH")
-        if path is not None:
-            os.environ["MINARI_DATASETS_PATH"] = str(path)
-        try:
-            return minari.create_dataset_from_buffers(
-                dataset_id,
-                buffers,
-                env=env_spec,
-                algorithm_name="carla-safe expert",
-                observation_space=observation_space,
-                action_space=action_space,
-                description=f"{self.task} expert data ({self.attrs.get('env_kwargs')}), "
-                "per-step cost in infos['cost']",
-                data_format="hdf5",
-                author="carla-safe",
-                eval_env=env_spec,
-                jpeg_encoding=False,  # lossless frames
-            )
-        finally:
-            if path is not None:
-                if previous is None:
-                    os.environ.pop("MINARI_DATASETS_PATH", None)
-                else:
-                    os.environ["MINARI_DATASETS_PATH"] = previous
+        return to_minari(self, dataset_id, path, view or ExportView())
 
     @classmethod
     def write_column(

@@ -191,8 +191,9 @@ class CarlaSafeEnv(gym.Env):
             raise TypeError(f"speed_cue must be True or False, got {speed_cue!r}")
         self.speed_cue = bool(speed_cue)
         self.observation_space = spaces.Box(0, 255, (OBS_SIZE, OBS_SIZE, 3), np.uint8)
+        self._discrete_table = discrete_action_values(task)  # (n, 2) (acc, steer)
         if action_mode == "discrete":
-            self._discrete_values = [tuple(v) for v in discrete_action_values(task).tolist()]
+            self._discrete_values = [tuple(v) for v in self._discrete_table.tolist()]
             self.action_space = spaces.Discrete(len(self._discrete_values))
         else:
             self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)  # (acc / ACC_LIMIT, steer)
@@ -236,6 +237,33 @@ class CarlaSafeEnv(gym.Env):
             brake=min(max(-acc / 3.0, 0.0), 1.0),
             steer=steer,
         )
+
+    def get_keys_to_action(self) -> dict[tuple[str, ...], Any]:
+        """Keyboard controls for ``gymnasium.utils.play`` (``python -m carla_safe_envs.play``):
+        ``w`` accelerate, ``s`` brake, ``a`` / ``d`` steer left / right (the strongest
+        steer), combinations of one of each; no key is :meth:`noop_action` (coast straight)."""
+        acc = {"": 1, "w": 2, "s": 0}  # index into ACC_VALUES (-2, 0, 2) [m/s^2]
+        n_steer = len(self._discrete_table) // len(ACC_VALUES)
+        steer = {"": n_steer // 2, "a": 0, "d": n_steer - 1}  # CARLA: negative steer is left
+        keys: dict[tuple[str, ...], Any] = {}
+        for a_key, a in acc.items():
+            for s_key, st in steer.items():
+                combo = tuple(sorted(a_key + s_key))
+                if not combo:
+                    continue  # no key: gymnasium's play takes it as `noop`
+                if self.action_mode == "discrete":
+                    keys[combo] = a * n_steer + st
+                else:
+                    acc_value, steer_value = self._discrete_table[a * n_steer + st]
+                    keys[combo] = np.array([acc_value / ACC_LIMIT, steer_value], np.float32)
+        return keys
+
+    def noop_action(self) -> Any:
+        """The action of no key in :meth:`get_keys_to_action`: no acceleration, no steer."""
+        index = int(np.flatnonzero((self._discrete_table == 0.0).all(axis=1))[0])
+        if self.action_mode == "discrete":
+            return index
+        return np.zeros(2, np.float32)
 
     # -------------------------------------------------------------------- API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -289,7 +317,6 @@ class CarlaSafeEnv(gym.Env):
         off_route = sig.lateral_error > OFF_ROUTE
         terminated = sig.collision or off_route or sig.arrived
         info = self._info(sig, reward=rterms, cost=cterms)
-        info["off_route"] = off_route
         return self._observe(), reward, terminated, False, info
 
     def _interrupted(self, exc: BackendInterrupted):
@@ -332,6 +359,7 @@ class CarlaSafeEnv(gym.Env):
             "collision": sig.collision,
             "out_of_lane": sig.lateral_error > LANE_TOLERANCE,
             "off_road": sig.off_road,
+            "off_route": sig.lateral_error > OFF_ROUTE,  # at reset too: one set of info keys
             "arrived": sig.arrived,
             "waypoints_reached": self._waypoints,
             "distance": self._distance,

@@ -17,7 +17,7 @@ import numpy as np
 from carla_safe_envs.bev import downsample
 from carla_safe_envs.metrics import MissingInfoKeyError
 
-__all__ = ["DownsampleObservation", "SafetyGymnasiumWrapper"]
+__all__ = ["DownsampleObservation", "SafetyGymnasiumVectorWrapper", "SafetyGymnasiumWrapper"]
 
 
 class SafetyGymnasiumWrapper(gym.Wrapper):
@@ -31,10 +31,23 @@ class SafetyGymnasiumWrapper(gym.Wrapper):
         obs, info = env.reset(seed=0)
         obs, reward, cost, terminated, truncated, info = env.step(env.action_space.sample())
 
+    Policies whose Gaussian actions are not squashed (OmniSafe's, for instance) can leave
+    ``[-1, 1]``, which the continuous mode refuses (``ValueError``); wrap the env in
+    ``gymnasium.wrappers.ClipAction`` first to clip them into the box.  A vector env takes
+    :class:`SafetyGymnasiumVectorWrapper`.
+
     Raises (from ``step``):
         MissingInfoKeyError: the wrapped environment did not put ``cost`` in ``info``; a
             missing cost is an error, never read as 0.
     """
+
+    def __init__(self, env: gym.Env):
+        if isinstance(env, gym.vector.VectorEnv):
+            raise TypeError(
+                "SafetyGymnasiumWrapper wraps one env, got a vector env "
+                f"({type(env).__name__}): use SafetyGymnasiumVectorWrapper(gym.make_vec(...))"
+            )
+        super().__init__(env)
 
     def step(  # type: ignore[override]  # safety-gymnasium's 6-tuple by design
         self, action: Any
@@ -45,6 +58,35 @@ class SafetyGymnasiumWrapper(gym.Wrapper):
             raise MissingInfoKeyError("cost", where=f"{type(self).__name__}.step", info=info)
         cost: SupportsFloat = info["cost"]
         return obs, float(reward), float(cost), bool(terminated), bool(truncated), info
+
+
+# Gymnasium 1.x: VectorWrapper; 0.28 / 0.29: VectorEnvWrapper (the core package supports both)
+_VectorWrapper = getattr(gym.vector, "VectorWrapper", None) or gym.vector.VectorEnvWrapper
+
+
+class SafetyGymnasiumVectorWrapper(_VectorWrapper):
+    """The 6-tuple of :class:`SafetyGymnasiumWrapper` for a vector env:
+    ``(obs, rewards, costs, terminations, truncations, infos)``, ``costs`` ``(n_envs,)``
+    float64 from the vector infos' ``cost`` array.
+
+    Example::
+
+        envs = SafetyGymnasiumVectorWrapper(gym.make_vec("CarlaFourLane-v0", num_envs=2))
+        obs, infos = envs.reset(seed=0)
+        obs, rewards, costs, terminated, truncated, infos = envs.step(envs.action_space.sample())
+
+    Raises (from ``step``):
+        MissingInfoKeyError: a sub-env's info had no ``cost`` (vector infos mark each key's
+            present entries in ``_cost``).
+    """
+
+    def step(self, actions: Any):  # type: ignore[override]  # the 6-tuple by design
+        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+        present = infos.get("_cost")
+        if "cost" not in infos or present is None or not np.all(present):
+            raise MissingInfoKeyError("cost", where=f"{type(self).__name__}.step", info=infos)
+        costs = np.asarray(infos["cost"], dtype=np.float64)
+        return obs, rewards, costs, terminations, truncations, infos
 
 
 class DownsampleObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):

@@ -81,8 +81,12 @@ def check_actions(actions: np.ndarray, mode: str, n: int) -> None:
         assert (np.abs(actions) <= 1.0).all()
 
 
-def test_registry_holds_the_table_models_and_the_expert() -> None:
-    assert set(TABLE_MODELS) | {"expert"} == set(AGENTS)
+def test_registry_holds_the_table_models_the_osrl_extras_and_the_expert() -> None:
+    from carla_safe_envs.agent_registry import OSRL_MODELS
+
+    assert set(TABLE_MODELS) | set(OSRL_MODELS) | {"expert"} == set(AGENTS)
+    assert not set(OSRL_MODELS) & set(TABLE_MODELS)
+    assert all("not in paper" in get_spec(name).label for name in OSRL_MODELS)
     labels = [get_spec(name).label for name in TABLE_MODELS]
     assert labels == ["PPO", "SAC", "DQN", "BC", "CQL", "IQL", "DreamerV3", "FSOP", "VL-SAFE"]
 

@@ -89,3 +89,39 @@ def test_downsample_observation_wraps_a_task_env() -> None:
         DownsampleObservation(gym.make("CarlaLeftTurn-v0"), 48)
     with pytest.raises(ValueError, match="uint8 image space"):
         DownsampleObservation(CountingEnv(), 1)
+
+
+@pytest.mark.skipif(
+    not hasattr(gym.vector, "VectorWrapper"), reason="Gymnasium 0.28's vector envs are Envs"
+)
+def test_vector_six_tuple_and_the_error_for_a_vector_env() -> None:
+    from carla_safe_envs.wrappers import SafetyGymnasiumVectorWrapper
+
+    kwargs = {"render_observation": False, "num_vehicles": 0}
+    with pytest.raises(TypeError, match="SafetyGymnasiumVectorWrapper"):
+        SafetyGymnasiumWrapper(gym.make_vec("CarlaFourLane-v0", num_envs=2, **kwargs))
+    envs = SafetyGymnasiumVectorWrapper(gym.make_vec("CarlaFourLane-v0", num_envs=2, **kwargs))
+    single = SafetyGymnasiumWrapper(gym.make("CarlaFourLane-v0", **kwargs))
+    envs.reset(seed=[3, 4])
+    single.reset(seed=4)
+    for _ in range(5):
+        out = envs.step(np.array([2, 12]))
+        expected = single.step(12)
+        assert len(out) == 6 and out[2].shape == (2,)
+        assert out[2][1] == expected[2] and out[1][1] == expected[1]
+    envs.close()
+
+
+def test_clip_action_makes_unsquashed_actions_valid() -> None:
+    env = gym.make("CarlaLeftTurn-v0", action_mode="continuous", render_observation=False)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="out of range"):
+        env.step(np.array([1.7, -2.0], dtype=np.float32))
+    clipped = gym.wrappers.ClipAction(env)
+    clipped.reset(seed=0)
+    reference = gym.make("CarlaLeftTurn-v0", action_mode="continuous", render_observation=False)
+    reference.reset(seed=0)
+    for _ in range(3):
+        a = clipped.step(np.array([1.7, -2.0], dtype=np.float32))
+        b = reference.step(np.array([1.0, -1.0], dtype=np.float32))
+        assert a[1] == b[1] and a[4]["speed"] == b[4]["speed"]
