@@ -49,7 +49,9 @@ class Job:
         episodes: evaluation episodes; episode k resets with ``eval_seed + k``.
         eval_seed: reset seed of the first evaluation episode.
         dataset: the offline dataset file the model learns from, or None.
-        dataset_sha256: the sha256 of that file as the model trains on it ("" for none).
+        dataset_sha256: the content sha256 of that dataset (its step data:
+            :func:`carla_safe_envs.cards.content_sha256`, the same for every collection of the
+            same data, unlike the file's bytes); "" for none.
         labeler: the safety labeler of the dataset's p(s) column when the model uses it.
         model_dir: where the trained agent is saved (and reused from, when complete).
         log_file: the cell's log file (appended to).

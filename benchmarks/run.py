@@ -169,7 +169,7 @@ def run_grid(
                     episodes=preset.episodes,
                     eval_seed=preset.eval_seed,
                     dataset=str(data.path) if data is not None else None,
-                    dataset_sha256=data.sha256 if data is not None else "",
+                    dataset_sha256=data.content_sha256 if data is not None else "",
                     labeler=labeler,
                     model_dir=str(store.model_dir(cell)),
                     log_file=str(store.log_file(cell)),

@@ -21,8 +21,9 @@ Row schema (:data:`ROW_COLUMNS`): the cell (``model``, ``variant``, ``label``, `
 ``seed``), the
 protocol (``preset``, ``agent_preset``, ``episodes``), the episode (``condition``,
 ``episode``, ``eval_seed`` and the :class:`~carla_safe_envs.metrics.EpisodeMetrics` fields),
-the data (``dataset``, its file's ``dataset_sha256`` as the cell trained on it: "" in cells
-written before it was recorded, and for online models; ``labeler``), timing (``train_seconds``, ``eval_seconds`` of the
+the data (``dataset``, ``dataset_sha256``: the content sha256 of its step data,
+:func:`carla_safe_envs.cards.content_sha256`, "" in cells written before it was recorded and
+for online models; ``labeler``), timing (``train_seconds``, ``eval_seconds`` of the
 row's condition) and provenance (``config``, ``train``, ``versions`` as JSON, ``executor``,
 ``host``, ``finished``, ``store_format``).  ``condition`` is ``"train"``
 (:data:`TRAIN_CONDITION`) for the evaluation on the task as trained, and a level's label of

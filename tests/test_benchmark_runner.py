@@ -157,8 +157,17 @@ def test_smoke_grid_stores_one_row_per_episode(smoke_run: Path) -> None:
     assert sorted(manifest["datasets"]) == sorted(
         f"{t}_discrete_{SMOKE.dataset_steps}steps_seed0.h5" for t in TASKS
     )
-    for entry in manifest["datasets"].values():
+    from carla_safe_envs.cards import content_sha256, file_sha256
+    from carla_safe_envs.datasets import OfflineDataset
+
+    for name, entry in manifest["datasets"].items():
         assert Path(entry["path"]).is_file() and entry["labels"] is None
+        assert entry["sha256"] == file_sha256(entry["path"])
+        with OfflineDataset(entry["path"]) as data:
+            assert entry["content_sha256"] == content_sha256(data)
+        # every cell that trained on it records the hash of its data
+        assert set(rows["dataset_sha256"][rows["dataset"] == name]) == {entry["content_sha256"]}
+    assert (expert["dataset_sha256"] == "").all()
     for cell in store.finished_cells():
         assert (store.model_dir(cell) / "agent.json").is_file()
         assert "evaluated" in store.log_file(cell).read_text()
