@@ -532,7 +532,7 @@ def test_variants_expand_only_the_models_they_change() -> None:
     assert len(make_cells(ablation, models=["vlsafe"])) == 84  # the issue's ~70 cells + main
     # the ablation is the cpu grid's protocol but for its name and the shifts it leaves out
     cpu, ours = get_preset("cpu").protocol(), ablation.protocol()
-    assert {k for k in cpu if cpu[k] != ours[k]} == {"name", "shifts"}
+    assert {k for k in cpu if cpu[k] != ours[k]} == {"name", "shifts", "dataset_mix"}
     assert "variants" not in ours  # recorded per variant in the store instead
     # a default cell keeps its path and name; a variant's sits beside it
     plain, variant = Cell("vlsafe", TASKS[0], 2), Cell("vlsafe", TASKS[0], 2, "frame")
