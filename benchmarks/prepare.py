@@ -232,20 +232,10 @@ def _prepare_one(
             }
     if values is not None:  # written after the reader closed
         OfflineDataset.write_column(path, SAFETY_COLUMN, values, labels)
-    from carla_safe_envs.cards import content_sha256, file_sha256
+    from carla_safe_envs.cards import content_sha256, file_sha256, plain_attrs
 
     with OfflineDataset(path) as data:
         content = content_sha256(data)
     return PreparedDataset(
-        path, _plain(labels) if labels is not None else None, file_sha256(path), content
+        path, plain_attrs(labels) if labels is not None else None, file_sha256(path), content
     )
-
-
-def _plain(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """HDF5 attributes as JSON-ready Python values."""
-    out = {}
-    for name, value in attrs.items():
-        out[name] = value.tolist() if hasattr(value, "tolist") else value
-        if isinstance(out[name], bytes):
-            out[name] = out[name].decode()
-    return out

@@ -143,7 +143,7 @@ def dataset_card(path: str | os.PathLike) -> dict[str, Any]:
             "steps": data.n_steps,
             "episodes": data.n_episodes,
             "mix": data.mix,
-            "labels": _plain(data.safety_labeler) if data.safety_labeler is not None else None,
+            "labels": plain_attrs(data.safety_labeler) if data.safety_labeler is not None else None,
             "speed": {
                 "mean": round(float(speed.mean()), 3),
                 "p90": round(float(np.percentile(speed, 90)), 3),
@@ -162,7 +162,8 @@ def dataset_card(path: str | os.PathLike) -> dict[str, Any]:
     return card
 
 
-def _plain(attrs: Mapping[str, Any]) -> dict[str, Any]:
+def plain_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """HDF5 attributes as JSON-ready Python values (arrays as lists, bytes decoded)."""
     out = {}
     for name, value in attrs.items():
         value = value.tolist() if hasattr(value, "tolist") else value

@@ -221,8 +221,11 @@ class Expert:
             return self._offset
         best, best_room = self._offset, here
         for side in (-prof.overtake, prof.overtake):
-            if side != self._offset and not beside(side) and room(side) > best_room + 10.0:
-                best, best_room = side, room(side)
+            if side == self._offset or beside(side):
+                continue
+            side_room = room(side)
+            if side_room > best_room + 10.0:
+                best, best_room = side, side_room
         return best
 
     def _conflict_time(
